@@ -1,0 +1,88 @@
+"""Audit events: one typed, versioned record for every decision regauth makes.
+
+Events are written as single JSON lines by an `AuditSink`. In Lambda the sink is a
+Powertools logger of its own, so audit lines can be told apart from operational logs
+by `"audit": true` and routed by a CloudWatch Logs subscription filter. Events never
+carry a password, an Authorization header, an access token or a refresh token: the
+fields below are the whole record, and none of them holds a credential.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from aws_lambda_powertools import Logger
+
+SCHEMA_VERSION = 1
+
+EventType = Literal[
+    "token.issued",
+    "authentication.failed",
+    "request.rejected",
+    "refresh_token.issued",
+    "refresh_token.used",
+    "service.unavailable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who sent a request and through which call, copied into every event."""
+
+    request_id: str = ""
+    source_ip: str = ""
+    user_agent: str = ""
+    registry_service: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit record. `details` holds event-specific fields, never secrets."""
+
+    event_type: EventType
+    outcome: Literal["success", "failure"]
+    context: RequestContext
+    principal: str | None = None
+    auth_method: str | None = None
+    reason: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+    schema_version: int = SCHEMA_VERSION
+
+    def to_record(self) -> dict[str, Any]:
+        """Return the flat JSON object written to the audit log."""
+        record = asdict(self)
+        context = record.pop("context")
+        record.update(context)
+        return record
+
+
+class AuditSink(Protocol):
+    def emit(self, event: AuditEvent) -> None: ...
+
+
+class LoggerAuditSink:
+    """Write audit events as JSON lines through a Powertools logger named `regauth.audit`."""
+
+    def __init__(self, logger: Logger | None = None) -> None:
+        self._logger = logger
+
+    def emit(self, event: AuditEvent) -> None:
+        if self._logger is None:
+            self._logger = Logger(service="regauth", logger_name="regauth.audit")
+        self._logger.info(event.event_type, audit=True, **event.to_record())
+
+
+class MemoryAuditSink:
+    """Keep events in a list, for tests and for the local server's self-checks."""
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    def emit(self, event: AuditEvent) -> None:
+        self.events.append(event)

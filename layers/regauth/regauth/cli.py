@@ -1,0 +1,131 @@
+"""The `regauth` command: run the local service and manage passwords."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from regauth.errors import PolicyError
+
+DEFAULT_SERVICE = "registry.local"
+DEFAULT_ISSUER = "regauth-local"
+
+
+def _default_template() -> Path:
+    """Find `template.yaml` in the current directory or in the checkout of this package."""
+    candidates = [
+        Path.cwd() / "template.yaml",
+        Path(__file__).resolve().parents[3] / "template.yaml",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return candidates[0]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regauth", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the token service locally, with an embedded moto server as AWS"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5001, help="port to listen on (5001)")
+    serve.add_argument(
+        "--policy", type=Path, default=Path("examples/policy.yaml"), help="policy file to apply"
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".regauth"),
+        help="directory for root-certificates.pem (.regauth)",
+    )
+    serve.add_argument(
+        "--service",
+        action="append",
+        help=f"registry service name tokens are issued for; repeatable ({DEFAULT_SERVICE})",
+    )
+    serve.add_argument("--issuer", default=DEFAULT_ISSUER, help=f"JWT issuer ({DEFAULT_ISSUER})")
+    serve.add_argument(
+        "--token-ttl", type=int, default=300, help="access token lifetime in seconds (300)"
+    )
+    serve.add_argument(
+        "--template", type=Path, default=None, help="SAM template to read routes from"
+    )
+
+    commands.add_parser(
+        "hash-password",
+        help="read a password on standard input and print its Argon2id hash",
+    )
+
+    validate = commands.add_parser("validate-policy", help="check a policy file and list errors")
+    validate.add_argument("policy", type=Path)
+    return parser
+
+
+def _hash_password() -> int:
+    from regauth.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat: ") != password:
+            print("regauth: passwords do not match", file=sys.stderr)
+            return 1
+    else:
+        # Only the line terminator is removed, so passwords may start or end with spaces.
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("regauth: the password is empty", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def _validate_policy(path: Path) -> int:
+    from regauth.policy import compile_policy, load_policy
+
+    try:
+        compiled = compile_policy(load_policy(path.read_text(encoding="utf-8"), source=str(path)))
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: valid, version {compiled.version[:12]}, {len(compiled.principals)} principals")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "hash-password":
+        return _hash_password()
+    if args.command == "validate-policy":
+        return _validate_policy(args.policy)
+
+    from regauth.local import ServeOptions, serve
+
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        policy=args.policy,
+        state_dir=args.state_dir,
+        services=tuple(args.service or [DEFAULT_SERVICE]),
+        issuer=args.issuer,
+        template=args.template or _default_template(),
+        token_ttl=args.token_ttl,
+    )
+    try:
+        serve(options, ready=lambda text: print(text, flush=True))
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"regauth: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

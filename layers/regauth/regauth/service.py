@@ -1,0 +1,343 @@
+"""The token service: authenticate, authorize against policy, sign, audit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from regauth.audit import AuditEvent, AuditSink, RequestContext
+from regauth.config import Settings
+from regauth.errors import (
+    AuthenticationError,
+    InvalidCredentialsError,
+    InvalidRefreshTokenError,
+    InvalidRequestError,
+    RegauthError,
+    TooManyRequestsError,
+    UnavailableError,
+    UnknownServiceError,
+)
+from regauth.models import ANONYMOUS, IssuedToken, Principal, RefreshTokenRecord, TokenRequest
+from regauth.passwords import VerifiedPasswordCache, hash_password, verify_password
+from regauth.policy import authorize_with_reasons
+from regauth.signing import SigningKeyManager
+from regauth.stores import IdentityStore
+from regauth.tokens import new_claims, sign_token
+
+USER_PREFIX = "user:"
+REFRESH_TOKEN_PREFIX = "rt1"
+
+
+def hash_refresh_token(token: str) -> str:
+    """Return the SHA-256 hex digest under which a refresh token is stored.
+
+    A refresh token carries 256 random bits, so a fast hash is enough: nobody can
+    guess a preimage, and the table never holds a usable token.
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_refresh_token(principal: str) -> str:
+    """Make a refresh token that names its principal, so a refresh needs one read."""
+    encoded_name = base64.urlsafe_b64encode(principal.encode("utf-8")).rstrip(b"=").decode()
+    return f"{REFRESH_TOKEN_PREFIX}.{encoded_name}.{secrets.token_urlsafe(32)}"
+
+
+def principal_of_refresh_token(token: str) -> str:
+    """Return the principal a refresh token names, or raise if it is malformed."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != REFRESH_TOKEN_PREFIX or not parts[1] or not parts[2]:
+        raise InvalidRefreshTokenError("invalid refresh token", reason="malformed_refresh_token")
+    padded = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise InvalidRefreshTokenError(
+            "invalid refresh token", reason="malformed_refresh_token"
+        ) from None
+
+
+class TokenService:
+    """Issue registry tokens for parsed `TokenRequest`s.
+
+    Collaborators are passed in so tests can use moto clients and fake clocks. A warm
+    request costs one DynamoDB read: the principal item already contains its compiled
+    grants, the signing key and its certificate are cached in memory, and repeated
+    credentials are checked against `VerifiedPasswordCache` instead of re-hashed.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: IdentityStore,
+        signing: SigningKeyManager,
+        audit: AuditSink,
+        *,
+        password_cache: VerifiedPasswordCache | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._signing = signing
+        self._audit = audit
+        self._passwords = password_cache or VerifiedPasswordCache(clock=clock)
+        self._clock = clock
+        self._dummy_hash: str | None = None
+
+    def issue(self, request: TokenRequest) -> IssuedToken:
+        """Authenticate and authorize `request` and return a signed token.
+
+        Every outcome, success or error, is written to the audit sink before this
+        returns or raises.
+        """
+        context = RequestContext(
+            request_id=request.request_id,
+            source_ip=request.source_ip,
+            user_agent=request.user_agent,
+            registry_service=request.service,
+        )
+        try:
+            return self._issue(request, context)
+        except AuthenticationError as exc:
+            self._emit_failure("authentication.failed", context, request, exc, exc.principal)
+            raise
+        except TooManyRequestsError as exc:
+            self._emit_failure("authentication.failed", context, request, exc, exc.principal)
+            raise
+        except UnavailableError as exc:
+            self._emit_failure("service.unavailable", context, request, exc, None)
+            raise
+        except RegauthError as exc:
+            self._emit_failure("request.rejected", context, request, exc, None)
+            raise
+
+    def record_rejected(self, context: RequestContext, exc: RegauthError) -> None:
+        """Audit a request that was rejected before it could be parsed."""
+        event_type = "authentication.failed"
+        if not isinstance(exc, AuthenticationError):
+            event_type = "request.rejected"
+        self._audit.emit(
+            AuditEvent(
+                event_type=event_type,
+                outcome="failure",
+                context=context,
+                principal=getattr(exc, "principal", None),
+                reason=getattr(exc, "reason", None) or type(exc).__name__,
+                details={"message": str(exc)},
+            )
+        )
+
+    def _issue(self, request: TokenRequest, context: RequestContext) -> IssuedToken:
+        if request.service not in self._settings.services:
+            raise UnknownServiceError(
+                f"unknown service {request.service!r}: this token server issues tokens "
+                f"for {', '.join(self._settings.services)}"
+            )
+        if request.offline and not request.client_id:
+            raise InvalidRequestError("client_id is required when requesting a refresh token")
+
+        if request.grant_type == "refresh_token":
+            principal, auth_method = self._authenticate_refresh(request), "refresh_token"
+        elif request.credentials is None:
+            principal, auth_method = self._anonymous(), "anonymous"
+        else:
+            principal, auth_method = self._authenticate_password(request), "password"
+
+        access, dropped = authorize_with_reasons(principal, request.scopes)
+
+        signing_key = self._signing.current()
+        now = datetime.fromtimestamp(self._clock(), UTC).replace(microsecond=0)
+        claims = new_claims(
+            issuer=self._settings.issuer,
+            subject=principal.display_name,
+            service=request.service,
+            access=access,
+            now=now,
+            ttl=self._settings.token_ttl,
+        )
+        token = sign_token(claims, signing_key.private_key, signing_key.x5c)
+
+        refresh_token = None
+        if request.offline and auth_method == "password":
+            refresh_token = self._new_refresh_token(principal, request, claims.issued_at, context)
+
+        self._audit.emit(
+            AuditEvent(
+                event_type="token.issued",
+                outcome="success",
+                context=context,
+                principal=principal.name,
+                auth_method=auth_method,
+                details={
+                    "client_id": request.client_id,
+                    "requested": [
+                        {"type": s.type, "name": s.name, "actions": sorted(s.actions)}
+                        for s in request.scopes
+                    ],
+                    "granted": [entry.to_claim() for entry in access],
+                    "dropped": [asdict(item) for item in dropped],
+                    "jti": claims.jwt_id,
+                    "expires_at": claims.expires_at,
+                    "refresh_token_issued": refresh_token is not None,
+                },
+            )
+        )
+        return IssuedToken(
+            token=token,
+            jti=claims.jwt_id,
+            subject=claims.subject,
+            issued_at=now,
+            expires_in=self._settings.token_ttl,
+            access=access,
+            refresh_token=refresh_token,
+        )
+
+    def _anonymous(self) -> Principal:
+        # Without an applied policy there is no anonymous item, and anonymous gets
+        # nothing rather than an error.
+        return self._store.get_principal(ANONYMOUS) or Principal(name=ANONYMOUS, grants=())
+
+    def _authenticate_password(self, request: TokenRequest) -> Principal:
+        credentials = request.credentials
+        assert credentials is not None  # noqa: S101 - the caller checked this
+        username = credentials.username
+        claimed = USER_PREFIX + username if username else None
+        if not username or not credentials.password:
+            raise InvalidCredentialsError(
+                "invalid username or password", reason="empty_credentials", principal=claimed
+            )
+        if request.account and request.account != username:
+            raise InvalidRequestError("account does not match the authenticated user name")
+
+        assert claimed is not None  # noqa: S101 - username is not empty here
+        principal = self._store.get_principal(claimed)
+        now = int(self._clock())
+        if principal is None:
+            # Hash anyway, so an unknown user name takes as long as a wrong password
+            # and response times do not reveal which user names exist.
+            verify_password(self._dummy_password_hash(), credentials.password)
+            raise InvalidCredentialsError(
+                "invalid username or password", reason="unknown_principal", principal=claimed
+            )
+
+        self._check_lockout(principal, now)
+        if principal.disabled:
+            raise InvalidCredentialsError(
+                "invalid username or password", reason="principal_disabled", principal=claimed
+            )
+        if not principal.password_hash or not self._passwords.verify(
+            principal.name, principal.password_hash, credentials.password
+        ):
+            self._store.record_failed_login(principal.name, now, self._settings.lockout_seconds)
+            raise InvalidCredentialsError(
+                "invalid username or password", reason="wrong_password", principal=claimed
+            )
+
+        if principal.failed_logins:
+            self._store.reset_failed_logins(principal.name)
+        return principal
+
+    def _check_lockout(self, principal: Principal, now: int) -> None:
+        window_end = principal.failed_window_start + self._settings.lockout_seconds
+        if principal.failed_logins >= self._settings.max_failed_logins and now < window_end:
+            raise TooManyRequestsError(
+                "too many failed logins, try again later",
+                retry_after=window_end - now,
+                principal=principal.name,
+            )
+
+    def _dummy_password_hash(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = hash_password(secrets.token_urlsafe(16))
+        return self._dummy_hash
+
+    def _authenticate_refresh(self, request: TokenRequest) -> Principal:
+        token = request.refresh_token or ""
+        name = principal_of_refresh_token(token)
+        principal, record = self._store.get_principal_and_refresh_token(
+            name, hash_refresh_token(token)
+        )
+        now = int(self._clock())
+
+        def reject(reason: str) -> InvalidRefreshTokenError:
+            return InvalidRefreshTokenError("invalid refresh token", reason=reason, principal=name)
+
+        if record is None or record.principal != name:
+            raise reject("unknown_refresh_token")
+        if record.expires_at <= now:
+            raise reject("expired_refresh_token")
+        if record.service != request.service:
+            raise reject("refresh_token_service_mismatch")
+        if record.client_id != request.client_id:
+            raise reject("refresh_token_client_mismatch")
+        if principal is None:
+            raise reject("unknown_principal")
+        if principal.disabled:
+            raise reject("principal_disabled")
+        if record.issued_at < principal.refresh_not_before:
+            raise reject("refresh_token_revoked")
+        return principal
+
+    def _new_refresh_token(
+        self, principal: Principal, request: TokenRequest, issued_at: int, context: RequestContext
+    ) -> str:
+        token = new_refresh_token(principal.name)
+        record = RefreshTokenRecord(
+            token_hash=hash_refresh_token(token),
+            principal=principal.name,
+            service=request.service,
+            client_id=request.client_id,
+            issued_at=issued_at,
+            expires_at=issued_at + self._settings.refresh_ttl,
+        )
+        self._store.put_refresh_token(record)
+        self._audit.emit(
+            AuditEvent(
+                event_type="refresh_token.issued",
+                outcome="success",
+                context=context,
+                principal=principal.name,
+                auth_method="password",
+                # The first 12 hex digits of the stored digest identify the token in
+                # audit queries without revealing anything usable.
+                details={
+                    "refresh_token_id": record.token_hash[:12],
+                    "client_id": record.client_id,
+                    "expires_at": record.expires_at,
+                },
+            )
+        )
+        return token
+
+    def _emit_failure(
+        self,
+        event_type: str,
+        context: RequestContext,
+        request: TokenRequest,
+        exc: RegauthError,
+        principal: str | None,
+    ) -> None:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        self._audit.emit(
+            AuditEvent(
+                event_type=event_type,  # type: ignore[arg-type]
+                outcome="failure",
+                context=context,
+                principal=principal,
+                auth_method=_auth_method_of(request),
+                reason=reason,
+                details={"message": str(exc), "client_id": request.client_id},
+            )
+        )
+
+
+def _auth_method_of(request: TokenRequest) -> str:
+    if request.grant_type == "refresh_token":
+        return "refresh_token"
+    return "anonymous" if request.credentials is None else "password"
