@@ -50,7 +50,9 @@ def get_event(query: dict[str, list[str]], headers: dict[str, str] | None = None
     }
 
 
-def post_event(body: str, content_type: str = "application/x-www-form-urlencoded") -> dict[str, Any]:
+def post_event(
+    body: str, content_type: str = "application/x-www-form-urlencoded"
+) -> dict[str, Any]:
     return {
         "httpMethod": "POST",
         "path": "/token",

@@ -208,11 +208,6 @@ def parse_token_request(event: Mapping[str, Any]) -> TokenRequest:
     method = str(event.get("httpMethod", "")).upper()
     headers = _headers(event)
     context = request_context(event)
-    common = {
-        "request_id": context.request_id,
-        "source_ip": context.source_ip,
-        "user_agent": context.user_agent,
-    }
 
     if method == "GET":
         params = _query(event)
@@ -226,10 +221,12 @@ def parse_token_request(event: Mapping[str, Any]) -> TokenRequest:
             offline=_flag(params, "offline_token"),
             client_id=_single(params, "client_id"),
             account=_single(params, "account"),
-            **common,
+            request_id=context.request_id,
+            source_ip=context.source_ip,
+            user_agent=context.user_agent,
         )
     if method == "POST":
-        return _parse_oauth_form(_form(event, headers), common)
+        return _parse_oauth_form(_form(event, headers), context)
     raise InvalidRequestError(f"method {method or '(none)'} is not allowed on /token")
 
 
@@ -238,7 +235,7 @@ def _reject_repeated(params: Mapping[str, list[str]]) -> None:
         _single(params, name)
 
 
-def _parse_oauth_form(form: Mapping[str, list[str]], common: Mapping[str, str]) -> TokenRequest:
+def _parse_oauth_form(form: Mapping[str, list[str]], context: RequestContext) -> TokenRequest:
     _reject_repeated(form)
     grant_type = _single(form, "grant_type")
     service = _single(form, "service")
@@ -262,7 +259,9 @@ def _parse_oauth_form(form: Mapping[str, list[str]], common: Mapping[str, str]) 
             credentials=BasicCredentials(username=username, password=password),
             offline=access_type == "offline",
             client_id=client_id,
-            **common,
+            request_id=context.request_id,
+            source_ip=context.source_ip,
+            user_agent=context.user_agent,
         )
     if grant_type == "refresh_token":
         refresh_token = _single(form, "refresh_token")
@@ -275,7 +274,9 @@ def _parse_oauth_form(form: Mapping[str, list[str]], common: Mapping[str, str]) 
             scopes=scopes,
             refresh_token=refresh_token,
             client_id=client_id,
-            **common,
+            request_id=context.request_id,
+            source_ip=context.source_ip,
+            user_agent=context.user_agent,
         )
     if not grant_type:
         raise InvalidRequestError("parameter 'grant_type' is required")

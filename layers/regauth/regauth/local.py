@@ -79,6 +79,7 @@ def build_event(
     raw_path: str,
     headers: list[tuple[str, str]],
     body: bytes,
+    *,
     source_ip: str,
     resource: str,
 ) -> dict[str, Any]:
@@ -140,7 +141,7 @@ class LocalGateway:
             return status, {"Content-Type": "application/json"}, _json({"message": message})
 
         route, handler = entry
-        event = build_event(method, raw_path, headers, body, ip, route.path)
+        event = build_event(method, raw_path, headers, body, source_ip=ip, resource=route.path)
         context = LocalContext(
             aws_request_id=event["requestContext"]["requestId"], function_name=route.function
         )
@@ -201,7 +202,7 @@ def _make_request_handler(gateway: LocalGateway, logger: Logger) -> type[BaseHTT
         do_PUT = _handle  # noqa: N815
         do_DELETE = _handle  # noqa: N815
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             # Requests are logged as JSON in `_handle` instead.
             return
 
@@ -225,7 +226,7 @@ def _isolate_aws_environment(endpoint: str) -> None:
         {
             "AWS_ENDPOINT_URL": endpoint,
             "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",  # noqa: S105 - moto accepts any value
+            "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": LOCAL_REGION,
             "AWS_REGION": LOCAL_REGION,
             "AWS_CONFIG_FILE": os.devnull,
@@ -320,8 +321,8 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
             (options.host, options.port), _make_request_handler(gateway, logger)
         )
         http_server.daemon_threads = True
-        host, port = http_server.server_address[:2]
-        token_url = f"http://{host}:{port}/token"
+        port = http_server.server_address[1]
+        token_url = f"http://{options.host}:{port}/token"
         ready(
             f"regauth is serving tokens at {token_url}\n"
             f"root certificate bundle: {bundle}\n"

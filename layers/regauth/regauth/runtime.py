@@ -55,6 +55,7 @@ def make_clients(session: boto3.Session | None = None) -> Clients:
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
+    clients: Clients
     store: DynamoStore
     signing: SigningKeyManager
     service: TokenService
@@ -84,6 +85,7 @@ def build_runtime(
     service = TokenService(settings, store, signing, audit, clock=clock)
     return Runtime(
         settings=settings,
+        clients=clients,
         store=store,
         signing=signing,
         service=service,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from regauth.audit import AuditEvent, AuditSink, RequestContext
+from regauth.audit import AuditEvent, AuditSink, EventType, RequestContext
 from regauth.config import Settings
 from regauth.errors import (
     AuthenticationError,
@@ -31,7 +31,7 @@ from regauth.stores import IdentityStore
 from regauth.tokens import new_claims, sign_token
 
 USER_PREFIX = "user:"
-REFRESH_TOKEN_PREFIX = "rt1"
+REFRESH_TOKEN_PREFIX = "rt1"  # noqa: S105 - a format marker, not a secret
 
 
 def hash_refresh_token(token: str) -> str:
@@ -56,7 +56,10 @@ def principal_of_refresh_token(token: str) -> str:
         raise InvalidRefreshTokenError("invalid refresh token", reason="malformed_refresh_token")
     padded = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
-        return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+        # validate=True rejects characters outside the alphabet instead of
+        # silently skipping them, so one token has exactly one spelling.
+        name = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
+        return name.decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
         raise InvalidRefreshTokenError(
             "invalid refresh token", reason="malformed_refresh_token"
@@ -119,9 +122,9 @@ class TokenService:
 
     def record_rejected(self, context: RequestContext, exc: RegauthError) -> None:
         """Audit a request that was rejected before it could be parsed."""
-        event_type = "authentication.failed"
-        if not isinstance(exc, AuthenticationError):
-            event_type = "request.rejected"
+        event_type: EventType = (
+            "authentication.failed" if isinstance(exc, AuthenticationError) else "request.rejected"
+        )
         self._audit.emit(
             AuditEvent(
                 event_type=event_type,
@@ -317,7 +320,7 @@ class TokenService:
 
     def _emit_failure(
         self,
-        event_type: str,
+        event_type: EventType,
         context: RequestContext,
         request: TokenRequest,
         exc: RegauthError,
@@ -326,7 +329,7 @@ class TokenService:
         reason = getattr(exc, "reason", None) or type(exc).__name__
         self._audit.emit(
             AuditEvent(
-                event_type=event_type,  # type: ignore[arg-type]
+                event_type=event_type,
                 outcome="failure",
                 context=context,
                 principal=principal,

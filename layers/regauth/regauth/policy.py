@@ -1,0 +1,885 @@
+"""Policy files: load and validate, compile into principals, and authorize scopes.
+
+A policy file is YAML (format version 1)::
+
+    version: 1                      # optional, and 1 is the only version
+    users:
+      - name: alice
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$..."
+        disabled: false             # optional
+    groups:
+      - name: developers
+        members: [user:alice, group:interns]
+    grants:
+      - id: developers-team         # optional, unique, default `grants[N]`
+        description: free text      # optional
+        to: group:developers        # `user:NAME`, `group:NAME` or `anonymous`
+        repositories: ["team/**"]   # patterns, see `regauth.patterns`
+        actions: [pull, push]       # pull, push, delete and `*`
+      - to: user:ops
+        registry: [catalog]         # `registry:catalog:*`, actions absent or ["*"]
+
+Every key is optional except a user's and a group's `name`, a grant's `to`, and
+exactly one of `repositories` (with `actions`) or `registry` in each grant. Unknown
+keys, duplicate keys, YAML aliases and values of the wrong type are rejected.
+
+User names match `[a-z0-9][a-z0-9._@-]{0,63}`: lower-case letters, digits, `.`, `_`,
+`-` and `@`, so that e-mail addresses work, starting with a letter or a digit.
+Docker sends the user name as typed and the lookup is exact, so upper-case letters
+are rejected instead of folded. `anonymous` is reserved for the anonymous principal.
+Group names match `[a-z0-9][a-z0-9._-]{0,63}`. Groups may contain groups. A user
+belongs to every group that lists the user or lists a group the user belongs to.
+Cycles are rejected.
+
+Grants to `anonymous` apply to every request, authenticated or not: what anonymous
+clients may do is a floor for every user, and a user's grants can only add to it.
+Grants only add rights, and their order never changes what is granted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Protocol
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from regauth.errors import PolicyError, PolicyProblem
+from regauth.models import (
+    ALL_ACTIONS,
+    ANONYMOUS,
+    CATALOG,
+    DELETE,
+    PULL,
+    PUSH,
+    REGISTRY,
+    REPOSITORY,
+    AccessEntry,
+    Grant,
+    Principal,
+    Scope,
+    sort_actions,
+)
+from regauth.passwords import is_supported_hash
+from regauth.patterns import pattern_matches, validate_pattern
+
+FORMAT_VERSION = 1
+
+USER_NAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
+GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+MAX_GRANT_ID_LENGTH = 128
+
+USER_PREFIX = "user:"
+GROUP_PREFIX = "group:"
+
+REPOSITORY_ACTIONS = (PULL, PUSH, DELETE, ALL_ACTIONS)
+REGISTRY_RESOURCES = (CATALOG,)
+
+# Reasons recorded in `Dropped` for the audit record.
+NO_MATCHING_GRANT = "no grant matches"
+UNKNOWN_ACTION = "unknown action"
+UNSUPPORTED_TYPE = "unsupported resource type"
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+_TAG_DESCRIPTIONS = {
+    _STR: "a string",
+    _INT: "an integer",
+    _BOOL: "a boolean",
+    _NULL: "null",
+    _SEQ: "a list",
+    _MAP: "a mapping",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:timestamp": "a date",
+}
+
+_TOP_LEVEL_KEYS = ("version", "users", "groups", "grants")
+_USER_KEYS = ("name", "password_hash", "disabled")
+_GROUP_KEYS = ("name", "members")
+_GRANT_KEYS = ("id", "description", "to", "repositories", "registry", "actions")
+
+# Prefixes of common hash formats that are not supported, named in the error message so
+# that the reader knows what they have. The value itself is never shown, because a
+# wrongly placed plaintext password must not end up in a log.
+_UNSUPPORTED_HASH_NAMES = {
+    "$2a$": "bcrypt $2a$",
+    "$2x$": "bcrypt $2x$",
+    "$apr1$": "Apache MD5 ($apr1$)",
+    "$1$": "MD5-crypt ($1$)",
+    "$5$": "SHA-256-crypt ($5$)",
+    "$6$": "SHA-512-crypt ($6$)",
+    "{SHA}": "SHA-1 ({SHA})",
+    "$argon2i$": "Argon2i",
+    "$argon2d$": "Argon2d",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyUser:
+    """A user entry of a policy file."""
+
+    name: str
+    password_hash: str | None = None
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyGroup:
+    """A group entry. `members` holds `user:NAME` and `group:NAME` references."""
+
+    name: str
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyGrant:
+    """A grant entry.
+
+    `resources` holds repository patterns when `type` is `repository`, and registry
+    resource names such as `catalog` when `type` is `registry`.
+    """
+
+    id: str
+    to: str
+    type: Literal["repository", "registry"]
+    resources: tuple[str, ...]
+    actions: frozenset[str]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A parsed and validated policy file."""
+
+    users: tuple[PolicyUser, ...] = ()
+    groups: tuple[PolicyGroup, ...] = ()
+    grants: tuple[PolicyGrant, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """Principals ready to store, with the policy version they were compiled from.
+
+    `version` is the SHA-256 hex digest of the policy's canonical JSON form, so the same
+    content gives the same version however the YAML was formatted or commented.
+    """
+
+    version: str
+    principals: tuple[Principal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A requested action that was not granted, and why, for the audit record."""
+
+    type: str
+    name: str
+    action: str
+    reason: str
+
+
+# Loading ---------------------------------------------------------------------------
+
+
+class _Mark(Protocol):
+    """A YAML position, 0-based, as PyYAML's pure-Python and C marks both provide."""
+
+    line: int
+    column: int
+
+
+def load_policy(text: str, source: str = "<policy>") -> Policy:
+    """Parse and validate a policy file.
+
+    An empty file, or one with only comments, is an empty policy. Raises PolicyError
+    listing every problem found, each with its 1-based line and column in `source`.
+    """
+    try:
+        alias_problems = _alias_problems(text, source)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        raise PolicyError([_syntax_problem(exc, source)]) from exc
+    except yaml.reader.ReaderError as exc:
+        raise PolicyError([_reader_problem(exc, text, source)]) from exc
+
+    if alias_problems:
+        raise PolicyError(alias_problems)
+
+    reader = _PolicyReader(source)
+    policy = reader.read(root)
+    if reader.problems:
+        raise PolicyError(reader.problems)
+    return policy
+
+
+def _alias_problems(text: str, source: str) -> list[PolicyProblem]:
+    # Aliases are rejected because an alias shares its node with the anchor, so every
+    # position inside it would point at the anchor, and because nested aliases make a
+    # small file expand exponentially when its nodes are walked.
+    problems = []
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) and event.start_mark is not None:
+            message = "YAML aliases are not supported: write the value out"
+            problems.append(_problem_at(event.start_mark, message, source))
+    return problems
+
+
+def _problem_at(mark: _Mark, message: str, source: str) -> PolicyProblem:
+    return PolicyProblem(message, mark.line + 1, mark.column + 1, source)
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, source: str) -> PolicyProblem:
+    message = f"invalid YAML: {exc.problem}"
+    if exc.context:
+        message += f" ({exc.context})"
+    mark = exc.problem_mark or exc.context_mark
+    if mark is None:
+        return PolicyProblem(message, 1, 1, source)
+    return _problem_at(mark, message, source)
+
+
+def _reader_problem(exc: yaml.reader.ReaderError, text: str, source: str) -> PolicyProblem:
+    # A ReaderError has a character offset, not a mark, so the position is counted here.
+    position = exc.position
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return PolicyProblem(
+        f"invalid YAML: {exc.reason} (character {exc.character:#x})", line, column, source
+    )
+
+
+def _describe(node: Node) -> str:
+    return _TAG_DESCRIPTIONS.get(node.tag, f"a value tagged {node.tag}")
+
+
+class _Item(NamedTuple):
+    """A string read from a YAML list, with its node and its path for messages."""
+
+    value: str
+    node: Node
+    path: str
+
+
+@dataclass(slots=True)
+class _Declared:
+    """Names declared so far, with the node of each declaration for later messages."""
+
+    users: dict[str, Node] = field(default_factory=dict)
+    groups: dict[str, Node] = field(default_factory=dict)
+    grant_ids: dict[str, Node] = field(default_factory=dict)
+    # Group name to the `group:` members it lists, with each member's node.
+    group_members: dict[str, list[tuple[str, Node]]] = field(default_factory=dict)
+    # Every member reference, checked once all names are known.
+    member_references: list[_Item] = field(default_factory=list)
+
+
+class _PolicyReader:
+    """Walks the composed YAML nodes, collecting problems instead of stopping at one."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[PolicyProblem] = []
+        self.declared = _Declared()
+
+    def report(self, node: Node, message: str) -> None:
+        self.problems.append(_problem_at(node.start_mark, message, self.source))
+
+    def read(self, root: Node | None) -> Policy:
+        if root is None or root.tag == _NULL:
+            return Policy()
+        fields = self.mapping(root, "the policy", _TOP_LEVEL_KEYS)
+        if fields is None:
+            return Policy()
+
+        if "version" in fields:
+            self.read_version(fields["version"])
+        users = self.read_users(fields.get("users"))
+        groups = self.read_groups(fields.get("groups"))
+        grants = self.read_grants(fields.get("grants"))
+
+        # Members are checked once every name is known, so a group may list a group
+        # defined after it.
+        self.check_members()
+        self.check_group_cycles()
+        return Policy(users=users, groups=groups, grants=grants)
+
+    # Generic node readers. Each reports its own problem and returns None on failure.
+
+    def mapping(
+        self, node: Node, path: str, allowed: Sequence[str], required: Sequence[str] = ()
+    ) -> dict[str, Node] | None:
+        if not isinstance(node, MappingNode) or node.tag != _MAP:
+            self.report(node, f"{path} must be a mapping, got {_describe(node)}")
+            return None
+
+        fields: dict[str, Node] = {}
+        keys: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else None
+            if key is None or key not in allowed:
+                shown = repr(key) if key is not None else _describe(key_node)
+                self.report(
+                    key_node, f"unknown key {shown} in {path} (allowed: {', '.join(allowed)})"
+                )
+            elif key in keys:
+                first_line = keys[key].start_mark.line + 1
+                self.report(
+                    key_node, f"duplicate key {key!r} in {path} (first at line {first_line})"
+                )
+            else:
+                keys[key] = key_node
+                fields[key] = value_node
+
+        for key in required:
+            if key not in fields:
+                self.report(node, f"{path} is missing the required key {key!r}")
+        return fields
+
+    def sequence(self, node: Node | None, path: str) -> list[Node]:
+        # An empty `users:` is null in YAML and reads naturally as "no users".
+        if node is None or node.tag == _NULL:
+            return []
+        if not isinstance(node, SequenceNode) or node.tag != _SEQ:
+            self.report(node, f"{path} must be a list, got {_describe(node)}")
+            return []
+        return list(node.value)
+
+    def string(self, node: Node, path: str) -> str | None:
+        if isinstance(node, ScalarNode) and node.tag == _STR:
+            return str(node.value)
+        hint = ""
+        if isinstance(node, ScalarNode) and node.tag != _NULL:
+            hint = " (put it in quotes to make it a string)"
+        self.report(node, f"{path} must be a string, got {_describe(node)}{hint}")
+        return None
+
+    def strings(self, node: Node, path: str) -> list[_Item]:
+        items = []
+        for index, item_node in enumerate(self.sequence(node, path)):
+            item_path = f"{path}[{index}]"
+            value = self.string(item_node, item_path)
+            if value is not None:
+                items.append(_Item(value, item_node, item_path))
+        return items
+
+    def boolean(self, node: Node, path: str) -> bool | None:
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            return str(node.value).lower() in {"true", "yes", "on"}
+        self.report(node, f"{path} must be true or false, got {_describe(node)}")
+        return None
+
+    # Sections.
+
+    def read_version(self, node: Node) -> None:
+        if not (isinstance(node, ScalarNode) and node.tag == _INT and node.value == "1"):
+            self.report(node, f"version must be {FORMAT_VERSION}, the only policy format version")
+
+    def read_users(self, node: Node | None) -> tuple[PolicyUser, ...]:
+        users = []
+        for index, item in enumerate(self.sequence(node, "users")):
+            user = self.read_user(item, f"users[{index}]")
+            if user is not None:
+                users.append(user)
+        return tuple(users)
+
+    def read_user(self, node: Node, path: str) -> PolicyUser | None:
+        fields = self.mapping(node, path, _USER_KEYS, required=("name",))
+        if fields is None or "name" not in fields:
+            return None
+
+        name = self.read_user_name(fields["name"], f"{path}.name")
+        password_hash = None
+        if "password_hash" in fields:
+            password_hash = self.read_password_hash(
+                fields["password_hash"], f"{path}.password_hash"
+            )
+        disabled = False
+        if "disabled" in fields:
+            disabled = bool(self.boolean(fields["disabled"], f"{path}.disabled"))
+
+        if name is None:
+            return None
+        return PolicyUser(name=name, password_hash=password_hash, disabled=disabled)
+
+    def read_user_name(self, node: Node, path: str) -> str | None:
+        name = self.string(node, path)
+        if name is None:
+            return None
+
+        # The name is recorded even when invalid, so that references to it do not add
+        # a second, misleading "unknown user" problem.
+        first = self.declared.users.setdefault(name, node)
+        if first is not node:
+            first_line = first.start_mark.line + 1
+            self.report(node, f"{path}: duplicate user name {name!r} (first at line {first_line})")
+            return None
+        if name == ANONYMOUS:
+            self.report(
+                node, f"{path}: the user name 'anonymous' is reserved for unauthenticated requests"
+            )
+            return None
+        if not USER_NAME.fullmatch(name):
+            self.report(
+                node,
+                f"{path}: invalid user name {name!r}: use 1 to 64 lower-case letters, digits, "
+                "'.', '_', '-' or '@', starting with a letter or digit",
+            )
+            return None
+        return name
+
+    def read_password_hash(self, node: Node, path: str) -> str | None:
+        value = self.string(node, path)
+        if value is None or is_supported_hash(value):
+            return value
+
+        known = next(
+            (
+                label
+                for prefix, label in _UNSUPPORTED_HASH_NAMES.items()
+                if value.startswith(prefix)
+            ),
+            None,
+        )
+        if known is not None:
+            problem = f"{path}: {known} hashes are not supported"
+        elif value.startswith(("$argon2id$", "$2b$", "$2y$")):
+            problem = f"{path}: the hash is malformed"
+        else:
+            problem = f"{path}: the value is not a password hash (plaintext is rejected)"
+        self.report(
+            node,
+            f"{problem}. Use an Argon2id PHC string ($argon2id$...) "
+            "or a bcrypt hash with the prefix $2b$ or $2y$",
+        )
+        return None
+
+    def read_groups(self, node: Node | None) -> tuple[PolicyGroup, ...]:
+        groups = []
+        for index, item in enumerate(self.sequence(node, "groups")):
+            group = self.read_group(item, f"groups[{index}]")
+            if group is not None:
+                groups.append(group)
+        return tuple(groups)
+
+    def read_group(self, node: Node, path: str) -> PolicyGroup | None:
+        fields = self.mapping(node, path, _GROUP_KEYS, required=("name",))
+        if fields is None or "name" not in fields:
+            return None
+
+        name = self.read_group_name(fields["name"], f"{path}.name")
+        members = []
+        if "members" in fields:
+            members = self.strings(fields["members"], f"{path}.members")
+        self.declared.member_references.extend(members)
+
+        if name is None:
+            return None
+        self.declared.group_members[name] = [
+            (member.value.removeprefix(GROUP_PREFIX), member.node)
+            for member in members
+            if member.value.startswith(GROUP_PREFIX)
+        ]
+        return PolicyGroup(name=name, members=tuple(member.value for member in members))
+
+    def read_group_name(self, node: Node, path: str) -> str | None:
+        name = self.string(node, path)
+        if name is None:
+            return None
+
+        first = self.declared.groups.setdefault(name, node)
+        if first is not node:
+            first_line = first.start_mark.line + 1
+            self.report(node, f"{path}: duplicate group name {name!r} (first at line {first_line})")
+            return None
+        if not GROUP_NAME.fullmatch(name):
+            self.report(
+                node,
+                f"{path}: invalid group name {name!r}: use 1 to 64 lower-case letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit",
+            )
+            return None
+        return name
+
+    def read_grants(self, node: Node | None) -> tuple[PolicyGrant, ...]:
+        grants = []
+        for index, item in enumerate(self.sequence(node, "grants")):
+            grant = self.read_grant(item, index)
+            if grant is not None:
+                grants.append(grant)
+        return tuple(grants)
+
+    def read_grant(self, node: Node, index: int) -> PolicyGrant | None:
+        path = f"grants[{index}]"
+        fields = self.mapping(node, path, _GRANT_KEYS, required=("to",))
+        if fields is None:
+            return None
+
+        grant_id = self.read_grant_id(fields.get("id"), path, node)
+        description = ""
+        if "description" in fields:
+            description = self.string(fields["description"], f"{path}.description") or ""
+        target = self.read_target(fields["to"], f"{path}.to") if "to" in fields else None
+        resources = self.read_grant_resources(node, fields, path)
+
+        if grant_id is None or target is None or resources is None:
+            return None
+        grant_type, names, actions = resources
+        return PolicyGrant(grant_id, target, grant_type, names, actions, description)
+
+    def read_grant_id(self, node: Node | None, path: str, grant_node: Node) -> str | None:
+        grant_id = path if node is None else self.string(node, f"{path}.id")
+        if grant_id is None:
+            return None
+        position = grant_node if node is None else node
+
+        if not grant_id or len(grant_id) > MAX_GRANT_ID_LENGTH or not grant_id.isprintable():
+            self.report(
+                position,
+                f"{path}.id must be 1 to {MAX_GRANT_ID_LENGTH} printable characters",
+            )
+            return None
+        first = self.declared.grant_ids.setdefault(grant_id, position)
+        if first is not position:
+            first_line = first.start_mark.line + 1
+            self.report(
+                position, f"{path}: duplicate grant id {grant_id!r} (first at line {first_line})"
+            )
+            return None
+        return grant_id
+
+    def read_target(self, node: Node, path: str) -> str | None:
+        target = self.string(node, path)
+        if target is None:
+            return None
+
+        if target == ANONYMOUS:
+            return target
+        kind, _, name = target.partition(":")
+        if kind == "user":
+            known = name in self.declared.users
+        elif kind == "group":
+            known = name in self.declared.groups
+        else:
+            self.report(
+                node,
+                f"{path}: invalid target {target!r}: use 'user:NAME', 'group:NAME' or 'anonymous'",
+            )
+            return None
+        if not known:
+            self.report(node, f"{path}: unknown {kind} {target!r}: no {kind} named {name!r}")
+            return None
+        return target
+
+    def read_grant_resources(
+        self, node: Node, fields: dict[str, Node], path: str
+    ) -> tuple[Literal["repository", "registry"], tuple[str, ...], frozenset[str]] | None:
+        has_repositories = "repositories" in fields
+        has_registry = "registry" in fields
+        if has_repositories == has_registry:
+            self.report(node, f"{path} must have exactly one of 'repositories' or 'registry'")
+            return None
+        if has_repositories:
+            return self.read_repository_grant(fields, path)
+        return self.read_registry_grant(fields, path)
+
+    def read_repository_grant(
+        self, fields: dict[str, Node], path: str
+    ) -> tuple[Literal["repository"], tuple[str, ...], frozenset[str]] | None:
+        patterns = self.read_non_empty_strings(fields["repositories"], f"{path}.repositories")
+        valid = True
+        for pattern in patterns:
+            error = validate_pattern(pattern.value)
+            if error is not None:
+                self.report(pattern.node, f"{pattern.path}: {error}")
+                valid = False
+
+        actions: list[_Item] = []
+        if "actions" not in fields:
+            self.report(fields["repositories"], f"{path} grants repositories but has no 'actions'")
+        else:
+            actions = self.read_non_empty_strings(fields["actions"], f"{path}.actions")
+        for action in actions:
+            if action.value not in REPOSITORY_ACTIONS:
+                self.report(
+                    action.node,
+                    f"{action.path}: unknown action {action.value!r} "
+                    f"(allowed: {', '.join(REPOSITORY_ACTIONS)})",
+                )
+                valid = False
+
+        if not valid or not patterns or not actions:
+            return None
+        names = tuple(dict.fromkeys(pattern.value for pattern in patterns))
+        return "repository", names, frozenset(action.value for action in actions)
+
+    def read_registry_grant(
+        self, fields: dict[str, Node], path: str
+    ) -> tuple[Literal["registry"], tuple[str, ...], frozenset[str]] | None:
+        resources = self.read_non_empty_strings(fields["registry"], f"{path}.registry")
+        valid = bool(resources)
+        for resource in resources:
+            if resource.value not in REGISTRY_RESOURCES:
+                self.report(
+                    resource.node,
+                    f"{resource.path}: unknown registry resource {resource.value!r} "
+                    f"(allowed: {', '.join(REGISTRY_RESOURCES)})",
+                )
+                valid = False
+
+        # The registry checks `registry:catalog` for the literal action `*`, so no other
+        # action would have any effect.
+        if "actions" in fields:
+            actions = self.strings(fields["actions"], f"{path}.actions")
+            if [action.value for action in actions] != [ALL_ACTIONS]:
+                self.report(
+                    fields["actions"],
+                    f"{path}.actions must be absent or ['*'] for a registry grant",
+                )
+                valid = False
+
+        if not valid:
+            return None
+        names = tuple(dict.fromkeys(resource.value for resource in resources))
+        return "registry", names, frozenset({ALL_ACTIONS})
+
+    def read_non_empty_strings(self, node: Node, path: str) -> list[_Item]:
+        if isinstance(node, SequenceNode) and not node.value:
+            self.report(node, f"{path} is empty: list at least one value")
+            return []
+        if node.tag == _NULL:
+            self.report(node, f"{path} must be a list, got null")
+            return []
+        return self.strings(node, path)
+
+    # Cross-references.
+
+    def check_members(self) -> None:
+        for member in self.declared.member_references:
+            self.check_member(member.value, member.node, member.path)
+
+    def check_member(self, member: str, node: Node, path: str) -> None:
+        kind, _, name = member.partition(":")
+        if kind == "user":
+            known = name in self.declared.users
+        elif kind == "group":
+            known = name in self.declared.groups
+        else:
+            self.report(node, f"{path}: invalid member {member!r}: use 'user:NAME' or 'group:NAME'")
+            return
+        if not known:
+            self.report(node, f"{path}: unknown member {member!r}: no {kind} named {name!r}")
+
+    def check_group_cycles(self) -> None:
+        for cycle, node in _find_cycles(self.declared.group_members):
+            chain = " -> ".join(f"{GROUP_PREFIX}{name}" for name in cycle)
+            self.report(node, f"groups contain each other in a cycle: {chain}")
+
+
+def _find_cycles(
+    edges: dict[str, list[tuple[str, Node]]],
+) -> Iterator[tuple[list[str], Node]]:
+    """Yield the cycles of group membership that a depth-first search closes.
+
+    Each cycle comes with the node of the member that closes it. At least one cycle is
+    yielded if and only if the membership graph has a cycle. The search keeps its own
+    stack, so deep nesting cannot exhaust Python's recursion limit.
+    """
+    finished: set[str] = set()
+    for start in edges:
+        if start in finished:
+            continue
+        path = [start]
+        on_path = {start}
+        stack = [iter(edges.get(start, []))]
+        while stack:
+            step = next(stack[-1], None)
+            if step is None:
+                stack.pop()
+                done = path.pop()
+                on_path.discard(done)
+                finished.add(done)
+                continue
+            child, node = step
+            if child in on_path:
+                yield [*path[path.index(child) :], child], node
+            elif child not in finished and child in edges:
+                path.append(child)
+                on_path.add(child)
+                stack.append(iter(edges[child]))
+
+
+# Compiling -------------------------------------------------------------------------
+
+
+def policy_version(policy: Policy) -> str:
+    """Return the SHA-256 hex digest of the policy's canonical JSON form."""
+    canonical = {
+        "format": FORMAT_VERSION,
+        "users": [
+            {"name": user.name, "password_hash": user.password_hash, "disabled": user.disabled}
+            for user in policy.users
+        ],
+        "groups": [{"name": group.name, "members": list(group.members)} for group in policy.groups],
+        "grants": [
+            {
+                "id": grant.id,
+                "to": grant.to,
+                "type": grant.type,
+                "resources": list(grant.resources),
+                "actions": list(sort_actions(grant.actions)),
+                "description": grant.description,
+            }
+            for grant in policy.grants
+        ],
+    }
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def compile_policy(policy: Policy) -> CompiledPolicy:
+    """Compile a policy into one principal per user plus one for `anonymous`.
+
+    Each principal's grants are its own, those of every group it belongs to directly or
+    through nested groups, and those to `anonymous`. They are in file order, then in the
+    order of each grant's resources, and a grant for a type, pattern and action set
+    already present is left out. The principals are `anonymous` first, then the users
+    in file order. `policy` is expected to come from `load_policy`, which rejects
+    unknown members and cycles.
+    """
+    version = policy_version(policy)
+    parents = _parent_groups(policy)
+
+    principals = [
+        Principal(
+            name=ANONYMOUS,
+            grants=_expand_grants(policy.grants, {ANONYMOUS}),
+            policy_version=version,
+        )
+    ]
+    for user in policy.users:
+        name = f"{USER_PREFIX}{user.name}"
+        targets = {name, ANONYMOUS} | _groups_of(name, parents)
+        principal = Principal(
+            name=name,
+            grants=_expand_grants(policy.grants, targets),
+            password_hash=user.password_hash,
+            disabled=user.disabled,
+            policy_version=version,
+        )
+        principals.append(principal)
+    return CompiledPolicy(version=version, principals=tuple(principals))
+
+
+def _parent_groups(policy: Policy) -> dict[str, list[str]]:
+    """Map each member reference to the `group:NAME` references that list it."""
+    parents: dict[str, list[str]] = {}
+    for group in policy.groups:
+        for member in group.members:
+            parents.setdefault(member, []).append(f"{GROUP_PREFIX}{group.name}")
+    return parents
+
+
+def _groups_of(member: str, parents: dict[str, list[str]]) -> set[str]:
+    """Return every group `member` belongs to, directly or through nested groups."""
+    found: set[str] = set()
+    pending = list(parents.get(member, []))
+    while pending:
+        group = pending.pop()
+        # The check on `found` also ends the walk on a cycle in a hand-built Policy.
+        if group not in found:
+            found.add(group)
+            pending.extend(parents.get(group, []))
+    return found
+
+
+def _expand_grants(grants: Iterable[PolicyGrant], targets: set[str]) -> tuple[Grant, ...]:
+    expanded: list[Grant] = []
+    seen: set[tuple[str, str, frozenset[str]]] = set()
+    for grant in grants:
+        if grant.to not in targets:
+            continue
+        for resource in grant.resources:
+            key = (grant.type, resource, grant.actions)
+            if key not in seen:
+                seen.add(key)
+                expanded.append(Grant(grant.type, resource, grant.actions, grant.id))
+    return tuple(expanded)
+
+
+# Authorizing -----------------------------------------------------------------------
+
+
+def authorize(principal: Principal, scopes: Sequence[Scope]) -> tuple[AccessEntry, ...]:
+    """Return the access entries to put in a token: requested actions that are granted.
+
+    See `authorize_with_reasons`, which also returns the actions that were dropped.
+    """
+    entries, _ = authorize_with_reasons(principal, scopes)
+    return entries
+
+
+def authorize_with_reasons(
+    principal: Principal, scopes: Sequence[Scope]
+) -> tuple[tuple[AccessEntry, ...], tuple[Dropped, ...]]:
+    """Intersect the requested scopes with the principal's grants.
+
+    Scopes for the same type and name are merged, and each distinct resource gets one
+    entry in first-request order, with its actions in canonical order and possibly
+    none: the token specification asks for a token with fewer rights, not an error.
+    A repository grant applies when its pattern matches the name, and a registry grant
+    when its resource equals the name. A granted `*` satisfies `pull`, `push`, `delete`
+    and `*`, but a requested `*` needs a grant of `*` itself. Every requested action
+    that is not granted is returned as a `Dropped` with its reason.
+    """
+    requested: dict[tuple[str, str], set[str]] = {}
+    for scope in scopes:
+        requested.setdefault((scope.type, scope.name), set()).update(scope.actions)
+
+    entries: list[AccessEntry] = []
+    dropped: list[Dropped] = []
+    for (resource_type, name), actions in requested.items():
+        granted = _granted_actions(principal.grants, resource_type, name)
+        allowed = {action for action in actions if _is_satisfied(action, granted)}
+        entries.append(AccessEntry(resource_type, name, sort_actions(allowed)))
+        for action in sort_actions(actions - allowed):
+            reason = _drop_reason(resource_type, action)
+            dropped.append(Dropped(resource_type, name, action, reason))
+    return tuple(entries), tuple(dropped)
+
+
+def _granted_actions(grants: Iterable[Grant], resource_type: str, name: str) -> set[str]:
+    granted: set[str] = set()
+    for grant in grants:
+        if grant.type != resource_type:
+            continue
+        if grant.type == REPOSITORY:
+            applies = pattern_matches(grant.pattern, name)
+        else:
+            applies = grant.pattern == name
+        if applies:
+            granted |= grant.actions
+    return granted
+
+
+def _is_satisfied(action: str, granted: set[str]) -> bool:
+    if action == ALL_ACTIONS:
+        return ALL_ACTIONS in granted
+    if action in (PULL, PUSH, DELETE):
+        return action in granted or ALL_ACTIONS in granted
+    return False
+
+
+def _drop_reason(resource_type: str, action: str) -> str:
+    if resource_type not in (REPOSITORY, REGISTRY):
+        return UNSUPPORTED_TYPE
+    if action not in REPOSITORY_ACTIONS:
+        return UNKNOWN_ACTION
+    return NO_MATCHING_GRANT
