@@ -110,7 +110,7 @@ def test_verify_password_bcrypt_over_72_bytes() -> None:
     assert verify_password(password_hash, prefix + "suffix") is False
 
 
-def test_verify_password_bcrypt_multibyte_over_72_bytes() -> None:
+def test_verify_password_bcrypt_multibyte_limit() -> None:
     # 25 characters of 3 bytes each: 75 bytes, over the limit although under 72 characters.
     password = "€" * 25
     password_hash = bcrypt.hashpw(password.encode()[:72], bcrypt.gensalt(BCRYPT_COST)).decode()

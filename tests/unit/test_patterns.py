@@ -195,7 +195,7 @@ def test_pattern_matches_invalid_pattern_raises() -> None:
         pattern_matches("team//app", "team/app")
 
 
-def test_pattern_matches_invalid_pattern_raises_for_invalid_name() -> None:
+def test_pattern_matches_checks_pattern_first() -> None:
     # An invalid pattern is a bug in the stored policy and must surface even when the
     # requested name would not match anything.
     with pytest.raises(ValueError, match="upper-case"):

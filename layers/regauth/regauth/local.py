@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import logging
 import os
 import signal
 import threading
@@ -289,6 +290,9 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
     # Validate the policy before anything starts, so a typo fails fast.
     load_policy(options.policy.read_text(encoding="utf-8"), source=str(options.policy))
 
+    # moto's server logs every AWS call as a plain-text access line through
+    # werkzeug. The handlers already log what matters as JSON.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto_server.start()
     http_server: ThreadingHTTPServer | None = None

@@ -84,7 +84,7 @@ def verify_password(password_hash: str, password: str) -> bool:
 
     Returns False, never raises, for an empty password, an unsupported or malformed
     hash, a password that is not valid UTF-8, and a password over 72 bytes checked
-    against bcrypt. Both libraries compare digests in constant time.
+    against bcrypt. argon2-cffi and bcrypt compare the digests in constant time.
     """
     if not password or not is_supported_hash(password_hash):
         return False

@@ -13,9 +13,10 @@ A pattern is matched against the whole repository name, never a part of it:
 
 Patterns use the characters of repository names: lower-case letters, digits, `.`,
 `_`, `-` and `/`. Clients may send names with a registry host first, such as
-`localhost:5000/team/app`, so the first segment of a pattern may also be a host
-`host[:port]` that contains `.` or `:`, with letters of either case, digits, `.`, `-`
-and a numeric port. Such a pattern needs a repository path after the host.
+`localhost:5000/team/app`. So the first segment of a pattern may also be a host
+`host[:port]`, which must contain `.` or `:`. A host has letters of either case,
+digits, `.` and `-`, and its port is numeric. Such a pattern needs a repository path
+after the host.
 `{` and `}` are rejected so that a later `{name}` placeholder (the principal's own
 name) cannot change the meaning of a pattern that is valid today. Such a placeholder
 would be substituted in `compile_pattern`, which would then take the name as well.

@@ -101,13 +101,15 @@ _TAG_DESCRIPTIONS = {
     "tag:yaml.org,2002:timestamp": "a date",
 }
 
+_QUOTABLE_TAGS = frozenset({_INT, _BOOL, "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"})
+
 _TOP_LEVEL_KEYS = ("version", "users", "groups", "grants")
 _USER_KEYS = ("name", "password_hash", "disabled")
 _GROUP_KEYS = ("name", "members")
 _GRANT_KEYS = ("id", "description", "to", "repositories", "registry", "actions")
 
 # Prefixes of common hash formats that are not supported, named in the error message so
-# that the reader knows what they have. The value itself is never shown, because a
+# that the reader can tell which format they have. The value itself is never shown, because a
 # wrongly placed plaintext password must not end up in a log.
 _UNSUPPORTED_HASH_NAMES = {
     "$2a$": "bcrypt $2a$",
@@ -133,7 +135,7 @@ class PolicyUser:
 
 @dataclass(frozen=True, slots=True)
 class PolicyGroup:
-    """A group entry. `members` holds `user:NAME` and `group:NAME` references."""
+    """A group entry. `members` contains `user:NAME` and `group:NAME` references."""
 
     name: str
     members: tuple[str, ...] = ()
@@ -143,7 +145,7 @@ class PolicyGroup:
 class PolicyGrant:
     """A grant entry.
 
-    `resources` holds repository patterns when `type` is `repository`, and registry
+    `resources` contains repository patterns when `type` is `repository`, and registry
     resource names such as `catalog` when `type` is `registry`.
     """
 
@@ -325,9 +327,9 @@ class _PolicyReader:
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, ScalarNode) else None
             if key is None or key not in allowed:
-                shown = repr(key) if key is not None else _describe(key_node)
+                key_text = repr(key) if key is not None else _describe(key_node)
                 self.report(
-                    key_node, f"unknown key {shown} in {path} (allowed: {', '.join(allowed)})"
+                    key_node, f"unknown key {key_text} in {path} (allowed: {', '.join(allowed)})"
                 )
             elif key in keys:
                 first_line = keys[key].start_mark.line + 1
@@ -355,8 +357,10 @@ class _PolicyReader:
     def string(self, node: Node, path: str) -> str | None:
         if isinstance(node, ScalarNode) and node.tag == _STR:
             return str(node.value)
+        # YAML reads unquoted `007`, `yes` or `2024-01-01` as other types, and quotes
+        # make them strings.
         hint = ""
-        if isinstance(node, ScalarNode) and node.tag != _NULL:
+        if node.tag in _QUOTABLE_TAGS:
             hint = " (put it in quotes to make it a string)"
         self.report(node, f"{path} must be a string, got {_describe(node)}{hint}")
         return None
@@ -833,7 +837,7 @@ def authorize_with_reasons(
 
     Scopes for the same type and name are merged, and each distinct resource gets one
     entry in first-request order, with its actions in canonical order and possibly
-    none: the token specification asks for a token with fewer rights, not an error.
+    none: the token specification requires a token with fewer rights, not an error.
     A repository grant applies when its pattern matches the name, and a registry grant
     when its resource equals the name. A granted `*` satisfies `pull`, `push`, `delete`
     and `*`, but a requested `*` needs a grant of `*` itself. Every requested action

@@ -1,0 +1,61 @@
+"""The regauth command line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from regauth.passwords import verify_password
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "regauth.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize(
+    "password", ["s3cret", " spaced : colon ", "pässwörd"], ids=["plain", "spaces", "utf8"]
+)
+def test_hash_password_reads_stdin(password: str) -> None:
+    result = run_cli("hash-password", stdin=password + "\n")
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    assert printed.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert verify_password(printed, password)
+    assert password not in result.stdout + result.stderr
+
+
+def test_hash_password_empty_rejected() -> None:
+    result = run_cli("hash-password", stdin="\n")
+    assert result.returncode == 1
+    assert "empty" in result.stderr
+
+
+def test_validate_policy_example() -> None:
+    result = run_cli("validate-policy", "examples/policy.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_validate_policy_reports_line(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("users:\n  - name: alice\n    pasword_hash: x\n")
+    result = run_cli("validate-policy", str(policy))
+    assert result.returncode == 1
+    assert f"{policy}:3:" in result.stderr
+
+
+def test_serve_missing_policy_fails(tmp_path: Path) -> None:
+    result = run_cli("serve", "--policy", str(tmp_path / "absent.yaml"), "--port", "0")
+    assert result.returncode == 1
+    assert "absent.yaml" in result.stderr
