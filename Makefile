@@ -67,7 +67,7 @@ build: $(STAMP)
 	SAM_CLI_TELEMETRY=0 $(BIN)/sam build
 
 bench: $(STAMP)
-	$(BIN)/python tests/benchmarks/token_request.py
+	$(BIN)/python -m tests.benchmarks.token_request
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .regauth

@@ -59,3 +59,11 @@ def test_serve_missing_policy_fails(tmp_path: Path) -> None:
     result = run_cli("serve", "--policy", str(tmp_path / "absent.yaml"), "--port", "0")
     assert result.returncode == 1
     assert "absent.yaml" in result.stderr
+
+
+def test_apply_policy_invalid_file_changes_nothing(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("grants:\n  - to: user:ghost\n    repositories: [a]\n    actions: [pull]\n")
+    result = run_cli("apply-policy", str(policy), "--table", "absent")
+    assert result.returncode == 1
+    assert f"{policy}:2:" in result.stderr

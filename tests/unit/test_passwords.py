@@ -338,3 +338,20 @@ def test_cache_real_argon2id(argon2_hash: str) -> None:
 def test_cache_invalid_settings(options: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         VerifiedPasswordCache(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    ["m=262145,t=2,p=1", "m=19456,t=17,p=1", "m=19456,t=2,p=9"],
+    ids=["memory", "time", "parallelism"],
+)
+def test_is_supported_hash_argon2_cost_cap(argon2_hash: str, parameters: str) -> None:
+    costly = argon2_hash.replace("m=19456,t=2,p=1", parameters)
+    assert is_supported_hash(costly) is False
+    assert verify_password(costly, "anything") is False
+
+
+def test_is_supported_hash_bcrypt_cost_cap(bcrypt_hash: str) -> None:
+    salt_and_digest = bcrypt_hash[7:]
+    assert is_supported_hash("$2b$14$" + salt_and_digest) is True
+    assert is_supported_hash("$2b$15$" + salt_and_digest) is False

@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate-policy", help="check a policy file and list errors")
     validate.add_argument("policy", type=Path)
+
+    apply = commands.add_parser(
+        "apply-policy",
+        help="validate a policy file and write it to a deployed stack's DynamoDB table",
+    )
+    apply.add_argument("policy", type=Path)
+    apply.add_argument(
+        "--table", required=True, help="the stack's TableName output (uses your AWS credentials)"
+    )
     return parser
 
 
@@ -97,12 +106,34 @@ def _validate_policy(path: Path) -> int:
     return 0
 
 
+def _apply_policy(path: Path, table: str) -> int:
+    import boto3
+
+    from regauth.errors import RegauthError
+    from regauth.policy import compile_policy, load_policy
+    from regauth.stores import DynamoStore
+
+    try:
+        compiled = compile_policy(load_policy(path.read_text(encoding="utf-8"), source=str(path)))
+        DynamoStore(boto3.client("dynamodb"), table).apply_policy(compiled)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except RegauthError as exc:
+        print(f"regauth: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: applied version {compiled.version[:12]} to {table}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "hash-password":
         return _hash_password()
     if args.command == "validate-policy":
         return _validate_policy(args.policy)
+    if args.command == "apply-policy":
+        return _apply_policy(args.policy, args.table)
 
     from regauth.local import ServeOptions, serve
 

@@ -38,6 +38,14 @@ ARGON2_PARALLELISM = 1
 
 BCRYPT_MAX_PASSWORD_BYTES = 72
 
+# Upper bounds on the cost of a stored hash. Verification runs inside a token
+# request, so a hash with a huge memory or time cost, by mistake or on purpose,
+# would exhaust the function's memory or time out every login of that user.
+ARGON2_MAX_MEMORY_COST_KIB = 262_144
+ARGON2_MAX_TIME_COST = 16
+ARGON2_MAX_PARALLELISM = 8
+BCRYPT_MAX_COST = 14
+
 _ARGON2ID_PREFIX = "$argon2id$"
 # A bcrypt hash: prefix, two-digit cost from 04 to 31, then 22 characters of salt and
 # 31 of digest in bcrypt's base64 alphabet.
@@ -67,16 +75,23 @@ def hash_password(password: str) -> str:
 
 
 def is_supported_hash(value: str) -> bool:
-    """Return whether `value` is an Argon2id PHC string or a `$2b$`/`$2y$` bcrypt hash."""
+    """Return whether `value` is an Argon2id PHC string or a `$2b$`/`$2y$` bcrypt hash.
+
+    Hashes whose cost exceeds the `*_MAX_*` bounds are not supported.
+    """
     if _BCRYPT_HASH.fullmatch(value):
-        return True
+        return int(value[4:6]) <= BCRYPT_MAX_COST
     if not value.startswith(_ARGON2ID_PREFIX):
         return False
     try:
-        argon2.extract_parameters(value)
+        parameters = argon2.extract_parameters(value)
     except argon2.exceptions.InvalidHashError:
         return False
-    return True
+    return (
+        parameters.memory_cost <= ARGON2_MAX_MEMORY_COST_KIB
+        and parameters.time_cost <= ARGON2_MAX_TIME_COST
+        and parameters.parallelism <= ARGON2_MAX_PARALLELISM
+    )
 
 
 def verify_password(password_hash: str, password: str) -> bool:

@@ -23,8 +23,8 @@ Every key is optional except a user's and a group's `name`, a grant's `to`, and
 exactly one of `repositories` (with `actions`) or `registry` in each grant. Unknown
 keys, duplicate keys, YAML aliases and values of the wrong type are rejected.
 
-User names match `[a-z0-9][a-z0-9._@-]{0,63}`: lower-case letters, digits, `.`, `_`,
-`-` and `@`, so that e-mail addresses work, starting with a letter or a digit.
+User names match `[a-z0-9][a-z0-9._@-]{0,63}`: 1 to 64 lower-case letters, digits,
+`.`, `_`, `-` and `@` (so that e-mail addresses work), starting with a letter or digit.
 Docker sends the user name as typed and the lookup is exact, so upper-case letters
 are rejected instead of folded. `anonymous` is reserved for the anonymous principal.
 Group names match `[a-z0-9][a-z0-9._-]{0,63}`. Groups may contain groups. A user
@@ -109,8 +109,8 @@ _GROUP_KEYS = ("name", "members")
 _GRANT_KEYS = ("id", "description", "to", "repositories", "registry", "actions")
 
 # Prefixes of common hash formats that are not supported, named in the error message so
-# that the reader can tell which format they have. The value itself is never shown, because a
-# wrongly placed plaintext password must not end up in a log.
+# that the reader can tell which format they have. The value itself is never shown,
+# because a plaintext password put in its place must not end up in a log.
 _UNSUPPORTED_HASH_NAMES = {
     "$2a$": "bcrypt $2a$",
     "$2x$": "bcrypt $2x$",
