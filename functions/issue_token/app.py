@@ -30,6 +30,11 @@ def handle(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     except RegauthError as exc:
         runtime.service.record_rejected(request_context(event), exc)
         return render_error(exc, method=method, realm=realm)
+    except Exception as exc:
+        # A parser bug must not turn into an unhandled Lambda error (502 with no
+        # audit record), so it gets the same generic 500 as a failure below.
+        runtime.logger.exception("token request could not be parsed")
+        return render_error(exc, method=method, realm=realm)
 
     try:
         issued = runtime.service.issue(request)

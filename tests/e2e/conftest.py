@@ -30,8 +30,10 @@ import yaml
 
 from regauth.passwords import hash_password
 from tests.e2e.oci import OciImage, build_image
+from tests.leakcheck import register_log_file, register_secret
 
 HOST = "127.0.0.1"
+BUILDER_HOST = "builder"
 SERVICE = "registry.test"
 ISSUER = "regauth-e2e"
 
@@ -320,6 +322,7 @@ def start_process(
         )
     managed = ManagedProcess(name, process, log_path)
     config.stash.setdefault(_PROCESSES, []).append(managed)
+    register_log_file(log_path)
     return managed
 
 
@@ -381,12 +384,18 @@ def users() -> Users:
     def password() -> str:
         return secrets.token_urlsafe(18)
 
-    return Users(
+    users = Users(
         pusher=Credentials("pusher", f"{password()}:{password()}"),
         puller=Credentials("puller", password()),
         nobody=Credentials("nobody", password()),
         cataloger=Credentials("cataloger", password()),
     )
+    for user in users.all():
+        register_secret(user.password)
+        register_secret(user.basic_authorization)
+        # The wrong password that test_token_wrong_password_rejected sends.
+        register_secret(user.password + "x")
+    return users
 
 
 @pytest.fixture(scope="session")
@@ -397,7 +406,15 @@ def policy_file(users: Users, tmp_path_factory: pytest.TempPathFactory) -> Path:
             {"name": user.username, "password_hash": hash_password(user.password)}
             for user in users.all()
         ],
+        # The host gets its API key from `regauth admin create_host_key` during a test.
+        "hosts": [{"name": BUILDER_HOST, "description": "a CI runner that pushes builds"}],
         "grants": [
+            {
+                "id": "builder-push",
+                "to": f"host:{BUILDER_HOST}",
+                "repositories": ["builds/**"],
+                "actions": ["pull", "push"],
+            },
             {
                 "to": "user:pusher",
                 "repositories": ["team/**", "public/**"],

@@ -11,6 +11,8 @@ import dataclasses
 import json
 import re
 import subprocess
+import sys
+import time
 import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.e2e.oci import MANIFEST_MEDIA_TYPE, OciImage, read_image
+from tests.leakcheck import active_collector, register_secret
 
 if TYPE_CHECKING:
     # pytest imports conftest itself, so a runtime import would load a second copy.
@@ -70,6 +73,7 @@ def request_token(
         response = http_client.get(url, {"Authorization": credentials.basic_authorization})
         assert response.status == 200, response.body
         token: str = json.loads(response.body)["access_token"]
+        register_secret(token)
         return token
 
     return request
@@ -304,3 +308,65 @@ def test_refresh_token_pulls_manifest(
     manifest = http_client.get(f"{registry.url}/v2/team/app/manifests/v1", headers)
     assert manifest.status == 200
     assert manifest.headers.get("Docker-Content-Digest") == pushed_app.manifest_digest
+
+
+# Written last in this module on purpose: it reads the archive after every test
+# above has made its token requests.
+AUDIT_WAIT_SECONDS = 15.0
+
+
+def _token_requests(regauth: RegauthServer) -> list[dict[str, object]]:
+    """Return the local server's access log lines for /token, one per token request."""
+    lines = []
+    for text in regauth.process.log_path.read_text(errors="replace").splitlines():
+        if not text.startswith("{"):
+            continue
+        line = json.loads(text)
+        if line.get("message") == "request" and line.get("path") == "/token":
+            lines.append(line)
+    return lines
+
+
+def _archived_events(regauth: RegauthServer) -> tuple[list[dict[str, object]], str]:
+    command = [
+        sys.executable,
+        "-m",
+        "regauth.cli",
+        "audit",
+        "search",
+        "--state-dir",
+        str(regauth.state_dir),
+        "--since",
+        "2h",
+        "--json",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()], result.stdout
+
+
+def test_audit_archive_records_every_token_request(
+    regauth: RegauthServer, pushed_app: OciImage, users: Users
+) -> None:
+    requests = _token_requests(regauth)
+    deadline = time.monotonic() + AUDIT_WAIT_SECONDS
+    while True:
+        events, text = _archived_events(regauth)
+        decisions = [
+            e for e in events if e["event_type"] in ("token.issued", "authentication.failed")
+        ]
+        if len(decisions) >= len(requests) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+
+    issued = [e for e in events if e["event_type"] == "token.issued"]
+    failed = [e for e in events if e["event_type"] == "authentication.failed"]
+    successful_requests = [r for r in requests if r["status"] == 200]
+    assert len(issued) == len(successful_requests)
+    assert len(decisions) == len(requests)
+    assert any(e["principal"] == "user:puller" and e["reason"] == "wrong_password" for e in failed)
+    assert any(e["principal"] == "user:pusher" for e in issued)
+    collector = active_collector()
+    assert collector is not None
+    leaked = [secret for secret in collector.secrets if secret in text]
+    assert leaked == []

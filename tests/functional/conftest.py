@@ -27,6 +27,7 @@ from regauth.policy import compile_policy, load_policy
 from regauth.runtime import Runtime, build_runtime, make_clients
 from regauth.stores import DynamoStore
 from regauth.template import load_template
+from tests.leakcheck import register_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -62,12 +63,15 @@ class Users:
 @pytest.fixture(scope="session")
 def users() -> Users:
     # One password contains colons, since Basic credentials split on the first one.
-    return Users(
+    users = Users(
         alice="alice:" + secrets.token_urlsafe(12) + ":x",
         bob=secrets.token_urlsafe(16),
         carol=secrets.token_urlsafe(16),
         ops=secrets.token_urlsafe(16),
     )
+    for password in (users.alice, users.bob, users.carol, users.ops):
+        register_secret(password)
+    return users
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +168,9 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    register_secret(header)
+    return header
 
 
 def get_event(
@@ -190,7 +196,11 @@ def post_event(form: dict[str, str]) -> dict[str, Any]:
 
 
 def body_of(response: dict[str, Any]) -> dict[str, Any]:
+    """Return the JSON body, registering any token in it as a secret for the leak check."""
     body: dict[str, Any] = json.loads(response["body"])
+    if isinstance(body, dict):
+        for name in ("token", "access_token", "refresh_token"):
+            register_secret(body.get(name))
     return body
 
 

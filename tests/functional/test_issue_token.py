@@ -481,7 +481,7 @@ def test_warm_request_one_dynamodb_call_no_kms(runtime: Runtime, users: Users) -
     kms_calls = count_calls(runtime.clients.kms)
     response = issue_get(runtime, ["repository:team/app:pull"], auth)
     assert response["statusCode"] == 200
-    assert dynamodb_calls == Counter({"GetItem": 1})
+    assert dynamodb_calls == Counter({"BatchGetItem": 1})
     assert kms_calls == Counter()
 
 

@@ -172,8 +172,9 @@ def test_basic_authorization_scheme_case_insensitive() -> None:
         ("Basic " + base64.b64encode(b"no-colon").decode(), "malformed_authorization_header"),
         ("Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "malformed_authorization_header"),
         ("Basic " + "A" * 9000, "oversized_authorization_header"),
+        ("Basic \xe9", "malformed_authorization_header"),
     ],
-    ids=["bearer", "no-credentials", "not-base64", "no-colon", "not-utf8", "oversized"],
+    ids=["bearer", "no-credentials", "not-base64", "no-colon", "not-utf8", "oversized", "latin1"],
 )
 def test_basic_authorization_malformed(header: str, reason: str) -> None:
     with pytest.raises(InvalidCredentialsError) as raised:
@@ -254,6 +255,24 @@ def test_post_invalid(body: str, error: type[Exception], fragment: str) -> None:
 def test_post_requires_form_content_type() -> None:
     with pytest.raises(InvalidRequestError, match="Content-Type"):
         parse_token_request(post_event("{}", content_type="application/json"))
+
+
+def test_post_non_ascii_base64_body() -> None:
+    event = post_event("gr\xe4nt")
+    event["isBase64Encoded"] = True
+    with pytest.raises(InvalidRequestError, match="not valid UTF-8 form data"):
+        parse_token_request(event)
+
+
+def test_render_error_unavailable_hides_cause() -> None:
+    response = render_error(
+        errors.StoreUnavailableError("DynamoDB GetItem failed: ValidationException"),
+        method="GET",
+        realm="r",
+    )
+    assert response["statusCode"] == 503
+    assert "DynamoDB" not in response["body"]
+    assert "try again later" in json.loads(response["body"])["errors"][0]["message"]
 
 
 def test_post_oversized_body() -> None:

@@ -9,6 +9,7 @@ from regauth.patterns import (
     compile_pattern,
     is_repository_name,
     pattern_matches,
+    substitute_name,
     validate_pattern,
 )
 
@@ -157,8 +158,9 @@ INVALID_PATTERNS = [
         "write it as 'host:port/path'",
     ),
     (
-        "users/{name}/**",
-        "repository pattern 'users/{name}/**' contains '{' or '}': placeholders are not supported",
+        "users/{user}/**",
+        "repository pattern 'users/{user}/**' contains '{' or '}' outside the only "
+        "placeholder {name}",
     ),
     (
         "a" * (MAX_NAME_LENGTH + 1),
@@ -237,3 +239,25 @@ NAME_CASES = [
 )
 def test_is_repository_name_table(name: str, expected: bool) -> None:
     assert is_repository_name(name) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "repository", "expected"),
+    [
+        ("users/{name}/**", "alice", "users/alice/app", True),
+        ("users/{name}/**", "alice", "users/bob/app", False),
+        ("users/{name}/**", "alice", "users/alice", False),
+        ("{name}-*", "ci", "ci-cache", True),
+        ("localhost:5000/{name}/*", "ci", "localhost:5000/ci/app", True),
+        ("localhost:5000/{name}/*", "ci", "ci/app", False),
+    ],
+    ids=["own", "other", "namespace-itself", "prefix", "host-port", "host-port-missing"],
+)
+def test_placeholder_substituted(pattern: str, name: str, repository: str, expected: bool) -> None:
+    assert validate_pattern(pattern) is None
+    assert pattern_matches(substitute_name(pattern, name), repository) is expected
+
+
+def test_placeholder_must_be_substituted() -> None:
+    with pytest.raises(ValueError, match="still contains"):
+        compile_pattern("users/{name}/**")

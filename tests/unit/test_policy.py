@@ -228,7 +228,7 @@ def test_example_hashes_match_passwords() -> None:
 def test_load_policy_unknown_top_level_key() -> None:
     problem = only_problem("users: []\nuser: []\n")
     assert problem == PolicyProblem(
-        "unknown key 'user' in the policy (allowed: version, users, groups, grants)",
+        "unknown key 'user' in the policy (allowed: version, users, hosts, groups, grants, denies)",
         2,
         1,
         "test.yaml",
@@ -266,7 +266,8 @@ def test_load_policy_unknown_grant_key() -> None:
     )
     assert problem.message == (
         "unknown key 'expires' in grants[0] "
-        "(allowed: id, description, to, repositories, registry, actions)"
+        "(allowed: id, description, to, repositories, registry, actions, "
+        "source_ips, not_before, not_after)"
     )
     assert (problem.line, problem.column) == (5, 5)
 
@@ -527,7 +528,7 @@ def test_load_policy_invalid_member() -> None:
         "users:\n  - name: alice\ngroups:\n  - name: dev\n    members: [alice]\n"
     )
     assert problem.message == (
-        "groups[0].members[0]: invalid member 'alice': use 'user:NAME' or 'group:NAME'"
+        "groups[0].members[0]: invalid member 'alice': use 'user:NAME', 'host:NAME' or 'group:NAME'"
     )
 
 
@@ -611,7 +612,8 @@ GRANT_PROBLEMS = [
     ),
     (
         "  - to: alice\n    repositories: [a]\n    actions: [pull]\n",
-        "grants[0].to: invalid target 'alice': use 'user:NAME', 'group:NAME' or 'anonymous'",
+        "grants[0].to: invalid target 'alice': "
+        "use 'user:NAME', 'host:NAME', 'group:NAME' or 'anonymous'",
         2,
         9,
     ),

@@ -10,7 +10,7 @@ fields below are the whole record, and none of them holds a credential.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -25,8 +25,30 @@ EventType = Literal[
     "request.rejected",
     "refresh_token.issued",
     "refresh_token.used",
+    "refresh_token.revoked",
+    "policy.applied",
+    "policy.rejected",
+    "admin.action",
+    "signing_certificate.issued",
     "service.unavailable",
 ]
+
+# The top-level keys of an archived record, in the order `to_record` writes them.
+RECORD_FIELDS = (
+    "event_type",
+    "outcome",
+    "principal",
+    "auth_method",
+    "reason",
+    "details",
+    "event_id",
+    "time",
+    "schema_version",
+    "request_id",
+    "source_ip",
+    "user_agent",
+    "registry_service",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +98,71 @@ class LoggerAuditSink:
         if self._logger is None:
             self._logger = Logger(service="regauth", logger_name="regauth.audit")
         self._logger.info(event.event_type, audit=True, **event.to_record())
+
+
+def policy_event(
+    context: RequestContext,
+    *,
+    actor: str,
+    version: str,
+    content_hash: str,
+    problems: Sequence[str] = (),
+) -> AuditEvent:
+    """Record a policy that was applied, or rejected when `problems` is not empty."""
+    details: dict[str, Any] = {"version": version, "content_hash": content_hash}
+    if problems:
+        details["problems"] = list(problems)
+    return AuditEvent(
+        event_type="policy.rejected" if problems else "policy.applied",
+        outcome="failure" if problems else "success",
+        context=context,
+        principal=actor,
+        reason="invalid_policy" if problems else None,
+        details=details,
+    )
+
+
+def admin_event(
+    context: RequestContext,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    result: Literal["success", "failure"],
+    reason: str | None = None,
+) -> AuditEvent:
+    """Record one administrative action: who did what to which principal or object."""
+    return AuditEvent(
+        event_type="admin.action",
+        outcome=result,
+        context=context,
+        principal=actor,
+        reason=reason,
+        details={"action": action, "target": target, "result": result},
+    )
+
+
+def refresh_token_revoked_event(
+    context: RequestContext, *, actor: str, principal: str, not_before: int
+) -> AuditEvent:
+    """Record that every refresh token of `principal` issued before `not_before` is revoked."""
+    return AuditEvent(
+        event_type="refresh_token.revoked",
+        outcome="success",
+        context=context,
+        principal=principal,
+        details={"actor": actor, "not_before": not_before},
+    )
+
+
+def certificate_event(context: RequestContext, *, serial: int, not_after: int) -> AuditEvent:
+    """Record a new signing certificate. The serial is written in hex, as openssl prints it."""
+    return AuditEvent(
+        event_type="signing_certificate.issued",
+        outcome="success",
+        context=context,
+        details={"serial": format(serial, "x"), "not_after": not_after},
+    )
 
 
 class MemoryAuditSink:

@@ -8,7 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from regauth.audit_cli import add_audit_parser, run_audit
 from regauth.errors import PolicyError
+from regauth.login import add_login_parser, run_login_password
+from regauth.policy_cli import add_admin_parser, add_policy_parser, run_admin, run_policy
 
 DEFAULT_SERVICE = "registry.local"
 DEFAULT_ISSUER = "regauth-local"
@@ -62,12 +65,19 @@ def _parser() -> argparse.ArgumentParser:
         help="read a password on standard input and print its Argon2id hash",
     )
 
-    validate = commands.add_parser("validate-policy", help="check a policy file and list errors")
+    validate = commands.add_parser(
+        "validate-policy", help="check a policy file (the older name of `policy validate`)"
+    )
     validate.add_argument("policy", type=Path)
+
+    add_audit_parser(commands)
+    add_policy_parser(commands)
+    add_admin_parser(commands)
+    add_login_parser(commands)
 
     apply = commands.add_parser(
         "apply-policy",
-        help="validate a policy file and write it to a deployed stack's DynamoDB table",
+        help="apply a policy file to a table (the older name of `policy apply --table`)",
     )
     apply.add_argument("policy", type=Path)
     apply.add_argument(
@@ -126,8 +136,16 @@ def _apply_policy(path: Path, table: str) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     args = _parser().parse_args(argv)
+    if args.command == "audit":
+        return run_audit(args)
+    if args.command == "policy":
+        return run_policy(args)
+    if args.command == "admin":
+        return run_admin(args)
+    if args.command == "login-password":
+        return run_login_password(args)
     if args.command == "hash-password":
         return _hash_password()
     if args.command == "validate-policy":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ MIN_TOKEN_TTL = 60
 # Registries accept tokens up to 60 seconds past `exp`, and distribution checks the
 # x5c chain at verification time, so a leaf must outlive every token it signed by this.
 REGISTRY_LEEWAY = 60
+# The only form the local-only STS endpoint override may take: a loopback port.
+LOCAL_STS_ENDPOINT = re.compile(r"http://127\.0\.0\.1:[0-9]{1,5}/")
 
 
 class SettingsError(ValueError):
@@ -35,6 +38,12 @@ class Settings:
     - `REGAUTH_REALM`: the Basic realm named in 401 challenges (`regauth`).
     - `REGAUTH_MAX_FAILED_LOGINS`: failed logins per principal before 429 (10).
     - `REGAUTH_LOCKOUT_SECONDS`: window and lockout duration in seconds (300).
+    - `REGAUTH_IAM_SERVER_ID`: the value IAM proofs must sign in `X-Regauth-Server-Id`,
+      usually the registry host name (empty: IAM sign-in is off).
+    - `REGAUTH_IAM_REGIONS`: comma-separated STS regions proofs may name (`us-east-1`).
+    - `REGAUTH_IAM_STS_ENDPOINT`: local-only STS base URL. `regauth serve` sets it to its
+      moto server. It must be an `http://127.0.0.1` URL and is rejected when
+      `AWS_LAMBDA_FUNCTION_NAME` is set, so a deployed stack always calls real STS.
     """
 
     table_name: str
@@ -48,6 +57,9 @@ class Settings:
     realm: str = "regauth"
     max_failed_logins: int = 10
     lockout_seconds: int = 300
+    iam_server_id: str = ""
+    iam_regions: tuple[str, ...] = ("us-east-1",)
+    iam_sts_endpoint: str | None = None
 
     @property
     def cert_renew_margin(self) -> int:
@@ -99,6 +111,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         realm=env.get("REGAUTH_REALM", "").strip() or "regauth",
         max_failed_logins=_integer(env, "REGAUTH_MAX_FAILED_LOGINS", 10, 1),
         lockout_seconds=_integer(env, "REGAUTH_LOCKOUT_SECONDS", 300, 1),
+        iam_server_id=_iam_server_id(env),
+        iam_regions=_iam_regions(env),
+        iam_sts_endpoint=_iam_sts_endpoint(env),
     )
     # A leaf has to outlive the renewal margin by a useful amount, or every token
     # request would sign a new certificate with KMS.
@@ -109,3 +124,46 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "certificate is not renewed on every request"
         )
     return settings
+
+
+def _iam_server_id(environ: Mapping[str, str]) -> str:
+    from regauth.iam import check_server_id
+
+    value = environ.get("REGAUTH_IAM_SERVER_ID", "").strip()
+    if not value:
+        return ""
+    try:
+        return check_server_id(value)
+    except ValueError as exc:
+        raise SettingsError(f"REGAUTH_IAM_SERVER_ID: {exc}") from None
+
+
+def _iam_regions(environ: Mapping[str, str]) -> tuple[str, ...]:
+    from regauth.iam import REGION_PATTERN
+
+    raw = environ.get("REGAUTH_IAM_REGIONS", "").strip() or "us-east-1"
+    regions = tuple(part.strip() for part in raw.split(","))
+    for region in regions:
+        if not REGION_PATTERN.fullmatch(region):
+            raise SettingsError(
+                f"REGAUTH_IAM_REGIONS contains {region!r}, which is not a region name "
+                "such as us-east-1"
+            )
+    return regions
+
+
+def _iam_sts_endpoint(environ: Mapping[str, str]) -> str | None:
+    value = environ.get("REGAUTH_IAM_STS_ENDPOINT", "").strip()
+    if not value:
+        return None
+    # Lambda sets AWS_LAMBDA_FUNCTION_NAME in every function's environment, so a
+    # deployed stack fails to start rather than send partner proofs to another host.
+    if environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        raise SettingsError(
+            "REGAUTH_IAM_STS_ENDPOINT is for `regauth serve` only and must not be set in Lambda"
+        )
+    if not LOCAL_STS_ENDPOINT.fullmatch(value):
+        raise SettingsError(
+            f"REGAUTH_IAM_STS_ENDPOINT must be http://127.0.0.1:PORT/, got {value!r}"
+        )
+    return value

@@ -7,14 +7,19 @@ The tree::
     │   ├── InvalidRequestError       a parameter is missing, repeated or malformed
     │   ├── InvalidScopeError         a `scope` value does not follow the scope grammar
     │   ├── UnknownServiceError       `service` is not one this deployment serves
-    │   └── UnsupportedGrantTypeError `grant_type` is not `password` or `refresh_token`
+    │   ├── UnsupportedGrantTypeError `grant_type` is not `password` or `refresh_token`
+    │   ├── InvalidAuditPayloadError  a log subscription payload or audit record is malformed
+    │   └── InvalidAdminRequestError  an admin payload is invalid; names the field
     ├── AuthenticationError           credentials were presented and rejected (HTTP 401)
     │   ├── InvalidCredentialsError   wrong user, password or Authorization header
-    │   └── InvalidRefreshTokenError  unknown, expired, revoked or mismatched refresh token
+    │   ├── InvalidRefreshTokenError  unknown, expired, revoked or mismatched refresh token
+    │   └── InvalidIamProofError      an IAM proof failed a check or STS did not confirm it
     ├── TooManyRequestsError          failed logins for a principal exceed the limit (429)
     ├── UnavailableError              a dependency failed, so regauth fails closed (503)
     │   ├── StoreUnavailableError     DynamoDB could not be read or written
-    │   └── SigningUnavailableError   KMS could not sign a certificate
+    │   ├── SigningUnavailableError   KMS could not sign a certificate
+    │   ├── ArchiveUnavailableError   S3, DynamoDB or CloudWatch Logs failed while archiving
+    │   └── PolicyConflictError       another apply or rollback runs or changed the version
     └── PolicyError                   a policy file is invalid; carries every problem found
 
 `regauth.http` maps each class to a status code and a body in one table. Messages
@@ -50,6 +55,18 @@ class UnsupportedGrantTypeError(RequestError):
     """The OAuth2 `grant_type` is not one regauth implements."""
 
 
+class InvalidAuditPayloadError(RequestError):
+    """A CloudWatch Logs subscription payload or an audit record cannot be decoded."""
+
+
+class InvalidAdminRequestError(RequestError):
+    """An admin action's payload is invalid. `field` names the payload key at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class AuthenticationError(RegauthError):
     """Presented credentials were rejected.
 
@@ -72,6 +89,13 @@ class InvalidRefreshTokenError(AuthenticationError):
     """The refresh token is unknown, expired, revoked or bound to something else."""
 
 
+class InvalidIamProofError(AuthenticationError):
+    """A signed GetCallerIdentity proof failed a check, or STS did not confirm it.
+
+    `reason` names the failed check, for example `wrong_server_id` or `sts_status_403`.
+    """
+
+
 class TooManyRequestsError(RegauthError):
     """Too many failed logins for one principal within the lockout window."""
 
@@ -91,6 +115,21 @@ class StoreUnavailableError(UnavailableError):
 
 class SigningUnavailableError(UnavailableError):
     """KMS could not sign, or its key is not usable for ECDSA P-256 signing."""
+
+
+class ArchiveUnavailableError(UnavailableError):
+    """The audit archive could not be written or read.
+
+    The archiver lets it propagate, so Lambda retries the invocation and finally
+    sends the payload to the dead-letter queue instead of dropping events.
+    """
+
+
+class PolicyConflictError(UnavailableError):
+    """Another apply or rollback holds the policy lock or changed the active version.
+
+    Nothing was activated by the call that raised it, and retrying is safe.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ because Docker's client reads POST errors that way.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from regauth.audit import RequestContext
 from regauth.errors import (
     AuthenticationError,
     InvalidCredentialsError,
+    InvalidIamProofError,
     InvalidRefreshTokenError,
     InvalidRequestError,
     InvalidScopeError,
@@ -75,6 +75,7 @@ ERROR_RESPONSES: tuple[tuple[type[RegauthError], ErrorResponse], ...] = (
     (InvalidRequestError, ErrorResponse(400, "INVALID_REQUEST", "invalid_request")),
     (RequestError, ErrorResponse(400, "INVALID_REQUEST", "invalid_request")),
     (InvalidRefreshTokenError, ErrorResponse(401, "UNAUTHORIZED", "invalid_grant")),
+    (InvalidIamProofError, ErrorResponse(401, "UNAUTHORIZED", "invalid_grant")),
     (InvalidCredentialsError, ErrorResponse(401, "UNAUTHORIZED", "invalid_grant")),
     (AuthenticationError, ErrorResponse(401, "UNAUTHORIZED", "invalid_grant")),
     (TooManyRequestsError, ErrorResponse(429, "TOOMANYREQUESTS", "slow_down")),
@@ -123,7 +124,9 @@ def _form(event: Mapping[str, Any], headers: Mapping[str, list[str]]) -> dict[st
         body = base64.b64decode(raw, validate=True) if event.get("isBase64Encoded") else raw
         if isinstance(body, bytes):
             body = body.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
+        # binascii.Error is a ValueError, and b64decode raises a plain ValueError for
+        # a str with non-ASCII characters.
         raise InvalidRequestError("request body is not valid UTF-8 form data") from None
     if len(body) > MAX_BODY_BYTES:
         raise InvalidRequestError(f"request body is larger than {MAX_BODY_BYTES} bytes")
@@ -173,7 +176,8 @@ def parse_basic_authorization(values: Sequence[str]) -> BasicCredentials | None:
         raise malformed("unsupported_authorization_scheme")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
+        # Covers binascii.Error and the plain ValueError for non-ASCII header text.
         raise malformed("malformed_authorization_header") from None
 
     # RFC 7617: the user-id cannot contain a colon, but the password can, so split
@@ -328,7 +332,13 @@ def render_error(
     internal details.
     """
     mapped = error_response_for(exc)
-    message = str(exc) if mapped is not INTERNAL_ERROR else "internal server error"
+    message = str(exc)
+    if mapped is INTERNAL_ERROR:
+        message = "internal server error"
+    elif isinstance(exc, UnavailableError):
+        # The cause (which AWS call failed) is in the operational log. Clients only
+        # need to know that retrying later may help.
+        message = "the token service is temporarily unavailable, try again later"
     headers: dict[str, str] = {}
     if mapped.status == 401:
         headers["WWW-Authenticate"] = f'Basic realm="{realm}", charset="UTF-8"'

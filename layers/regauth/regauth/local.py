@@ -10,6 +10,7 @@ request ever leaves the machine.
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import json
 import logging
@@ -29,9 +30,19 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 from aws_lambda_powertools import Logger
 
+from regauth.archive import AuditArchiver
+from regauth.audit import LoggerAuditSink, RequestContext, policy_event
+from regauth.audit_local import ArchivingAuditSink
 from regauth.policy import compile_policy, load_policy
+from regauth.runtime import use_audit_sink
 from regauth.stores import DynamoStore
-from regauth.template import ApiRoute, api_routes, load_template, single_resource_properties
+from regauth.template import (
+    ApiRoute,
+    api_routes,
+    load_template,
+    resource_properties,
+    single_resource_properties,
+)
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -39,6 +50,9 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 # own payload limit is 10 MB, but token requests are a few hundred bytes.
 MAX_REQUEST_BYTES = 64 * 1024
 LOCAL_REGION = "us-east-1"
+LOCAL_AUDIT_BUCKET = "regauth-local-audit"
+# Written into the state directory; `regauth audit` reads it to find the archive.
+LOCAL_STATE_FILE = "local.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +182,15 @@ def _make_request_handler(gateway: LocalGateway, logger: Logger) -> type[BaseHTT
 
         def _handle(self) -> None:
             started = time.perf_counter()
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self._send(
+                    400, {"Content-Type": "application/json"}, _json({"message": "bad length"})
+                )
+                return
             if length > MAX_REQUEST_BYTES:
                 self._send(
                     413, {"Content-Type": "application/json"}, _json({"message": "too large"})
@@ -261,10 +283,44 @@ def provision(template: Mapping[str, Any], table_name: str) -> str:
     return str(created["KeyMetadata"]["KeyId"])
 
 
+def provision_audit_bucket(template: Mapping[str, Any], bucket: str) -> str:
+    """Create the audit bucket with the template's Object Lock and versioning; return its name."""
+    properties = resource_properties(template, "AuditBucket")
+    s3 = boto3.client("s3")
+    s3.create_bucket(
+        Bucket=bucket, ObjectLockEnabledForBucket=bool(properties.get("ObjectLockEnabled"))
+    )
+    versioning = properties.get("VersioningConfiguration")
+    if versioning:
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration=versioning)
+    return bucket
+
+
+def write_local_state(state_dir: Path, endpoint: str, bucket: str, table_name: str) -> Path:
+    """Write where the embedded AWS and the audit archive are, for `regauth audit`."""
+    path = state_dir / LOCAL_STATE_FILE
+    state = {"endpoint": endpoint, "region": LOCAL_REGION, "bucket": bucket, "table": table_name}
+    path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def start_local_audit(bucket: str, table_name: str) -> ArchivingAuditSink:
+    """Archive the handlers' audit events to the embedded S3, as the archiver function does."""
+    archiver = AuditArchiver(boto3.client("s3"), boto3.client("dynamodb"), bucket, table_name)
+    sink = ArchivingAuditSink(archiver, LoggerAuditSink())
+    sink.start()
+    use_audit_sink(sink)
+    return sink
+
+
 def apply_policy_file(path: Path, table_name: str) -> str:
     """Validate, compile and apply a policy file; return the applied version."""
-    compiled = compile_policy(load_policy(path.read_text(encoding="utf-8"), source=str(path)))
-    DynamoStore(boto3.client("dynamodb"), table_name).apply_policy(compiled)
+    text = path.read_text(encoding="utf-8")
+    compiled = compile_policy(load_policy(text, source=str(path)))
+    # The text is stored with the version, so `regauth policy diff --state-dir` can
+    # compare a file with it.
+    store = DynamoStore(boto3.client("dynamodb"), table_name)
+    store.apply_policy(compiled, actor="regauth serve", source=str(path), text=text)
     return compiled.version
 
 
@@ -296,11 +352,17 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
     moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto_server.start()
     http_server: ThreadingHTTPServer | None = None
+    audit_sink: ArchivingAuditSink | None = None
     try:
         moto_host, moto_port = moto_server.get_host_and_port()
         _isolate_aws_environment(f"http://{moto_host}:{moto_port}")
         table_name = "regauth-local"
         key_id = provision(template, table_name)
+        bucket = provision_audit_bucket(template, LOCAL_AUDIT_BUCKET)
+        audit_sink = start_local_audit(bucket, table_name)
+        write_local_state(
+            options.state_dir.resolve(), f"http://{moto_host}:{moto_port}", bucket, table_name
+        )
         os.environ.update(
             {
                 "REGAUTH_TABLE": table_name,
@@ -313,6 +375,14 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
         )
         version = apply_policy_file(options.policy, table_name)
         logger.info("policy applied", policy=str(options.policy), version=version)
+        audit_sink.emit(
+            policy_event(
+                RequestContext(registry_service=",".join(options.services)),
+                actor="regauth serve",
+                version=version,
+                content_hash=hashlib.sha256(options.policy.read_bytes()).hexdigest(),
+            )
+        )
 
         gateway = LocalGateway({(r.method, r.path): (r, load_handler(r)) for r in routes})
         status, _, pem = gateway.invoke("GET", "/certificates", [], b"", "127.0.0.1")
@@ -339,6 +409,10 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
     finally:
         if http_server is not None:
             http_server.server_close()
+        # Archive the events still buffered before the embedded S3 goes away.
+        if audit_sink is not None:
+            audit_sink.close()
+            use_audit_sink(None)
         moto_server.stop()
 
 

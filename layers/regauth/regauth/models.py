@@ -53,16 +53,23 @@ class AccessEntry:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A policy rule compiled for one principal.
+    """A policy rule compiled for one principal: a grant, or a deny when `effect` is deny.
 
-    `type` is `repository` (then `pattern` is a repository pattern) or `registry`
-    (then `pattern` is a registry resource name such as `catalog`).
+    `type` is `repository` (then `pattern` is a repository pattern, with any `{name}`
+    already replaced by the principal's name) or `registry` (then `pattern` is a
+    registry resource name such as `catalog`). The conditions are checked at request
+    time: `source_ips` lists CIDR ranges the client address must be in (empty means
+    any), and `not_before` and `not_after` bound the time (Unix seconds, inclusive).
     """
 
     type: Literal["repository", "registry"]
     pattern: str
     actions: frozenset[str]
     rule_id: str
+    effect: Literal["allow", "deny"] = "allow"
+    source_ips: tuple[str, ...] = ()
+    not_before: int | None = None
+    not_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +91,23 @@ class Principal:
     # Failed logins counted since `failed_window_start` (Unix time), for lockout.
     failed_logins: int = 0
     failed_window_start: int = 0
+    # A host's API key: SHA-256 hex digest, expiry in Unix time (0 for none), and a
+    # short id for audit records. The key itself is never stored.
+    api_key_hash: str | None = field(default=None, repr=False)
+    api_key_expires_at: int = 0
+    api_key_id: str = ""
 
     @property
     def display_name(self) -> str:
-        """The name without its kind prefix, as used in the JWT `sub` claim."""
-        return self.name.partition(":")[2] or self.name
+        """The name as used in the JWT `sub` claim and in Basic auth.
+
+        Users keep their plain name. A host is `host/NAME`, which no user name can be,
+        because user names contain no `/`.
+        """
+        kind, _, name = self.name.partition(":")
+        if kind == "host":
+            return f"host/{name}"
+        return name or self.name
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,10 @@ Patterns use the characters of repository names: lower-case letters, digits, `.`
 `host[:port]`, which must contain `.` or `:`. A host has letters of either case,
 digits, `.` and `-`, and its port is numeric. Such a pattern needs a repository path
 after the host.
-`{` and `}` are rejected so that a later `{name}` placeholder (the principal's own
-name) cannot change the meaning of a pattern that is valid today. Such a placeholder
-would be substituted in `compile_pattern`, which would then take the name as well.
+`{name}` is a placeholder for the requesting principal's own name, so that one rule
+can give everyone a personal namespace such as `users/{name}/**`. The policy compiler
+replaces it with each principal's name (`substitute_name`) before anything is matched,
+and the result must be a valid pattern. Any other `{` or `}` is rejected.
 
 Names are checked against the repository name grammar of distribution's `reference`
 package before matching: path components `[a-z0-9]+` joined by `.`, `_`, `__` or
@@ -55,6 +56,11 @@ _WITHIN_SEGMENT = r"[^/]*"
 
 _PATH_CHARACTERS_HINT = "lower-case letters, digits, '.', '_', '-', '/' and the wildcard '*'"
 
+NAME_PLACEHOLDER = "{name}"
+# Stands in for a name while a pattern with a placeholder is checked: any valid path
+# component gives the same verdict on the characters around the placeholder.
+_PLACEHOLDER_SAMPLE = "x"
+
 
 def is_repository_name(name: str) -> bool:
     """Return whether `name` is a valid repository name, with or without a host first."""
@@ -76,30 +82,47 @@ def _is_host(segment: str) -> bool:
     return looks_like_host and _DOMAIN.fullmatch(segment) is not None
 
 
+def has_placeholder(pattern: str) -> bool:
+    """Return whether the pattern contains the `{name}` placeholder."""
+    return NAME_PLACEHOLDER in pattern
+
+
+def substitute_name(pattern: str, name: str) -> str:
+    """Replace every `{name}` in the pattern with `name`."""
+    return pattern.replace(NAME_PLACEHOLDER, name)
+
+
 def validate_pattern(pattern: str) -> str | None:
-    """Check a repository pattern and return the error message, or None if it is valid."""
+    """Check a repository pattern and return the error message, or None if it is valid.
+
+    The `{name}` placeholder is accepted. Check the pattern again after
+    `substitute_name`, because a name may contain characters that a repository path
+    does not allow.
+    """
     return next(_pattern_errors(pattern), None)
 
 
 def _pattern_errors(pattern: str) -> Iterator[str]:
+    sample = substitute_name(pattern, _PLACEHOLDER_SAMPLE)
     if not pattern:
         yield "repository pattern is empty"
-    elif len(pattern) > MAX_NAME_LENGTH:
+    elif len(sample) > MAX_NAME_LENGTH:
         yield (
             f"repository pattern is longer than {MAX_NAME_LENGTH} characters, "
             "the maximum length of a repository name"
         )
-    elif "{" in pattern or "}" in pattern:
+    elif "{" in sample or "}" in sample:
         yield (
-            f"repository pattern {pattern!r} contains '{{' or '}}': placeholders are not supported"
+            f"repository pattern {pattern!r} contains '{{' or '}}' outside the only "
+            f"placeholder {NAME_PLACEHOLDER}"
         )
     elif pattern.startswith("/") or pattern.endswith("/"):
         yield f"repository pattern {pattern!r} must not start or end with '/'"
     else:
-        segments = pattern.split("/")
+        segments = sample.split("/")
         for index, segment in enumerate(segments):
             yield from _segment_errors(pattern, segment, first=index == 0)
-        if len(segments) == 1 and not _PATH_SEGMENT.fullmatch(pattern):
+        if len(segments) == 1 and not _PATH_SEGMENT.fullmatch(sample):
             yield (
                 f"repository pattern {pattern!r} has a host but no repository path: "
                 "write it as 'host:port/path'"
@@ -146,11 +169,14 @@ def _character_error(pattern: str, segment: str) -> str:
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """Compile a repository pattern to a regular expression for `re.fullmatch`.
 
-    Raises ValueError with the message of `validate_pattern` if the pattern is invalid.
+    Raises ValueError with the message of `validate_pattern` if the pattern is invalid,
+    and if it still contains `{name}`, which must be substituted first.
     """
     error = validate_pattern(pattern)
     if error is not None:
         raise ValueError(error)
+    if has_placeholder(pattern):
+        raise ValueError(f"repository pattern {pattern!r} still contains {NAME_PLACEHOLDER}")
 
     expressions = []
     for segment in pattern.split("/"):

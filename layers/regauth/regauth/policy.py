@@ -5,44 +5,66 @@ A policy file is YAML (format version 1)::
     version: 1                      # optional, and 1 is the only version
     users:
       - name: alice
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$..."
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$..."   # optional
+        disabled: false             # optional
+    hosts:
+      - name: ci-runner             # API keys are set by admin actions, never here
+        description: free text      # optional
         disabled: false             # optional
     groups:
       - name: developers
-        members: [user:alice, group:interns]
+        members: [user:alice, host:ci-runner, group:interns]
     grants:
       - id: developers-team         # optional, unique, default `grants[N]`
         description: free text      # optional
-        to: group:developers        # `user:NAME`, `group:NAME` or `anonymous`
-        repositories: ["team/**"]   # patterns, see `regauth.patterns`
+        to: group:developers        # `user:NAME`, `host:NAME`, `group:NAME`, `anonymous`
+        repositories: ["team/**", "users/{name}/**"]   # see `regauth.patterns`
         actions: [pull, push]       # pull, push, delete and `*`
+        source_ips: ["10.0.0.0/8"]  # optional: client address ranges (CIDR)
+        not_before: 2026-01-01T00:00:00Z   # optional time window, with a time zone
+        not_after: 2026-02-01T00:00:00Z
       - to: user:ops
         registry: [catalog]         # `registry:catalog:*`, actions absent or ["*"]
+    denies:
+      - id: only-release-pushes-prod
+        to: everyone                # as in grants, or `everyone`
+        except: [group:release]     # optional: principals and groups left out
+        repositories: ["prod/**"]
+        actions: [push, delete]
 
-Every key is optional except a user's and a group's `name`, a grant's `to`, and
-exactly one of `repositories` (with `actions`) or `registry` in each grant. Unknown
+Every key is optional except a user's, host's and group's `name`, a rule's `to`, and
+exactly one of `repositories` (with `actions`) or `registry` in each rule. Unknown
 keys, duplicate keys, YAML aliases and values of the wrong type are rejected.
 
 User names match `[a-z0-9][a-z0-9._@-]{0,63}`: 1 to 64 lower-case letters, digits,
 `.`, `_`, `-` and `@` (so that e-mail addresses work), starting with a letter or digit.
 Docker sends the user name as typed and the lookup is exact, so upper-case letters
 are rejected instead of folded. `anonymous` is reserved for the anonymous principal.
-Group names match `[a-z0-9][a-z0-9._-]{0,63}`. Groups may contain groups. A user
-belongs to every group that lists the user or lists a group the user belongs to.
-Cycles are rejected.
+Host and group names match `[a-z0-9][a-z0-9._-]{0,63}`. Groups may contain users,
+hosts and groups. A principal belongs to every group that lists it or lists a group
+it belongs to. Cycles are rejected.
 
 Grants to `anonymous` apply to every request, authenticated or not: what anonymous
-clients may do is a floor for every user, and a user's grants can only add to it.
-Grants only add rights, and their order never changes what is granted.
+clients may do is a floor for every user and host. A deny removes an action whatever
+grants it, and `everyone` in a deny means every principal, `anonymous` included. A
+deny to `anonymous` applies to unauthenticated requests only. Rules have no order:
+the same set of rules grants the same actions in any order. `{name}` in a pattern is
+replaced by each principal's own name (a host's name without `host:`). Conditions
+(`source_ips`, `not_before`, `not_after`) are allowed on grants only and are checked
+for each request.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ipaddress
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Literal, NamedTuple, Protocol
 
 import yaml
@@ -65,16 +87,27 @@ from regauth.models import (
     sort_actions,
 )
 from regauth.passwords import is_supported_hash
-from regauth.patterns import pattern_matches, validate_pattern
+from regauth.patterns import (
+    has_placeholder,
+    pattern_matches,
+    substitute_name,
+    validate_pattern,
+)
 
 FORMAT_VERSION = 1
 
 USER_NAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+HOST_NAME = GROUP_NAME
 MAX_GRANT_ID_LENGTH = 128
 
 USER_PREFIX = "user:"
+HOST_PREFIX = "host:"
 GROUP_PREFIX = "group:"
+# The target of a deny that applies to every principal, `anonymous` included.
+EVERYONE = "everyone"
+# The key under which compiling indexes grants to anonymous, which reach everyone.
+_FLOOR = " floor"
 
 REPOSITORY_ACTIONS = (PULL, PUSH, DELETE, ALL_ACTIONS)
 REGISTRY_RESOURCES = (CATALOG,)
@@ -83,11 +116,14 @@ REGISTRY_RESOURCES = (CATALOG,)
 NO_MATCHING_GRANT = "no grant matches"
 UNKNOWN_ACTION = "unknown action"
 UNSUPPORTED_TYPE = "unsupported resource type"
+DENIED = "denied by a rule"
+CONDITION_FAILED = "a matching grant's condition failed"
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
 _TAG_DESCRIPTIONS = {
@@ -103,10 +139,13 @@ _TAG_DESCRIPTIONS = {
 
 _QUOTABLE_TAGS = frozenset({_INT, _BOOL, "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"})
 
-_TOP_LEVEL_KEYS = ("version", "users", "groups", "grants")
+_TOP_LEVEL_KEYS = ("version", "users", "hosts", "groups", "grants", "denies")
 _USER_KEYS = ("name", "password_hash", "disabled")
+_HOST_KEYS = ("name", "description", "disabled")
 _GROUP_KEYS = ("name", "members")
-_GRANT_KEYS = ("id", "description", "to", "repositories", "registry", "actions")
+_RULE_KEYS = ("id", "description", "to", "repositories", "registry", "actions")
+_GRANT_KEYS = (*_RULE_KEYS, "source_ips", "not_before", "not_after")
+_DENY_KEYS = (*_RULE_KEYS, "except")
 
 # Prefixes of common hash formats that are not supported, named in the error message so
 # that the reader can tell which format they have. The value itself is never shown,
@@ -134,8 +173,17 @@ class PolicyUser:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyHost:
+    """A host entry: a machine that authenticates with an API key set by an admin."""
+
+    name: str
+    description: str = ""
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyGroup:
-    """A group entry. `members` contains `user:NAME` and `group:NAME` references."""
+    """A group entry. `members` contains `user:`, `host:` and `group:` references."""
 
     name: str
     members: tuple[str, ...] = ()
@@ -143,10 +191,12 @@ class PolicyGroup:
 
 @dataclass(frozen=True, slots=True)
 class PolicyGrant:
-    """A grant entry.
+    """A grant entry, or a deny entry when `effect` is deny.
 
     `resources` contains repository patterns when `type` is `repository`, and registry
-    resource names such as `catalog` when `type` is `registry`.
+    resource names such as `catalog` when `type` is `registry`. `excluded` lists the
+    principals and groups a deny leaves out. Grants may carry conditions:
+    `source_ips` (CIDR ranges) and `not_before`/`not_after` (Unix seconds).
     """
 
     id: str
@@ -155,6 +205,11 @@ class PolicyGrant:
     resources: tuple[str, ...]
     actions: frozenset[str]
     description: str = ""
+    effect: Literal["allow", "deny"] = "allow"
+    excluded: tuple[str, ...] = ()
+    source_ips: tuple[str, ...] = ()
+    not_before: int | None = None
+    not_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +219,12 @@ class Policy:
     users: tuple[PolicyUser, ...] = ()
     groups: tuple[PolicyGroup, ...] = ()
     grants: tuple[PolicyGrant, ...] = ()
+    hosts: tuple[PolicyHost, ...] = ()
+    denies: tuple[PolicyGrant, ...] = ()
+
+    def descriptions(self) -> dict[str, str]:
+        """Map each rule id to its description, for explanations."""
+        return {rule.id: rule.description for rule in (*self.grants, *self.denies)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +237,36 @@ class CompiledPolicy:
 
     version: str
     principals: tuple[Principal, ...]
+    # Rule id to description, for explanations: compiled grants carry only the id.
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEvaluation:
+    """How one rule took part in a decision on one requested action.
+
+    `applied` is true when the rule's resource, action and conditions all matched the
+    request, and `detail` states what matched or which condition failed.
+    """
+
+    rule_id: str
+    effect: Literal["allow", "deny"]
+    pattern: str
+    applied: bool
+    detail: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether one requested action is granted, and every rule that decided it."""
+
+    type: str
+    name: str
+    action: str
+    granted: bool
+    reason: str
+    rules: tuple[RuleEvaluation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +277,7 @@ class Dropped:
     name: str
     action: str
     reason: str
+    rules: tuple[RuleEvaluation, ...] = ()
 
 
 # Loading ---------------------------------------------------------------------------
@@ -275,12 +367,15 @@ class _Declared:
     """Names declared so far, with the node of each declaration for later messages."""
 
     users: dict[str, Node] = field(default_factory=dict)
+    hosts: dict[str, Node] = field(default_factory=dict)
     groups: dict[str, Node] = field(default_factory=dict)
     grant_ids: dict[str, Node] = field(default_factory=dict)
     # Group name to the `group:` members it lists, with each member's node.
     group_members: dict[str, list[tuple[str, Node]]] = field(default_factory=dict)
     # Every member reference, checked once all names are known.
     member_references: list[_Item] = field(default_factory=list)
+    # Patterns with `{name}`, with the rule's target, checked once all names are known.
+    placeholders: list[tuple[_Item, str, Literal["allow", "deny"]]] = field(default_factory=list)
 
 
 class _PolicyReader:
@@ -304,14 +399,19 @@ class _PolicyReader:
         if "version" in fields:
             self.read_version(fields["version"])
         users = self.read_users(fields.get("users"))
+        hosts = self.read_hosts(fields.get("hosts"))
         groups = self.read_groups(fields.get("groups"))
-        grants = self.read_grants(fields.get("grants"))
+        grants = self.read_rules(fields.get("grants"), "grants", "allow")
+        denies = self.read_rules(fields.get("denies"), "denies", "deny")
 
         # Members are checked once every name is known, so a group may list a group
         # defined after it.
         self.check_members()
         self.check_group_cycles()
-        return Policy(users=users, groups=groups, grants=grants)
+        policy = Policy(users=users, groups=groups, grants=grants, hosts=hosts, denies=denies)
+        if not self.problems:
+            self.check_placeholders(policy)
+        return policy
 
     # Generic node readers. Each reports its own problem and returns None on failure.
 
@@ -465,6 +565,50 @@ class _PolicyReader:
         )
         return None
 
+    def read_hosts(self, node: Node | None) -> tuple[PolicyHost, ...]:
+        hosts = []
+        for index, item in enumerate(self.sequence(node, "hosts")):
+            host = self.read_host(item, f"hosts[{index}]")
+            if host is not None:
+                hosts.append(host)
+        return tuple(hosts)
+
+    def read_host(self, node: Node, path: str) -> PolicyHost | None:
+        fields = self.mapping(node, path, _HOST_KEYS, required=("name",))
+        if fields is None or "name" not in fields:
+            return None
+
+        name = self.read_host_name(fields["name"], f"{path}.name")
+        description = ""
+        if "description" in fields:
+            description = self.string(fields["description"], f"{path}.description") or ""
+        disabled = False
+        if "disabled" in fields:
+            disabled = bool(self.boolean(fields["disabled"], f"{path}.disabled"))
+
+        if name is None:
+            return None
+        return PolicyHost(name=name, description=description, disabled=disabled)
+
+    def read_host_name(self, node: Node, path: str) -> str | None:
+        name = self.string(node, path)
+        if name is None:
+            return None
+
+        first = self.declared.hosts.setdefault(name, node)
+        if first is not node:
+            first_line = first.start_mark.line + 1
+            self.report(node, f"{path}: duplicate host name {name!r} (first at line {first_line})")
+            return None
+        if not HOST_NAME.fullmatch(name):
+            self.report(
+                node,
+                f"{path}: invalid host name {name!r}: use 1 to 64 lower-case letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit",
+            )
+            return None
+        return name
+
     def read_groups(self, node: Node | None) -> tuple[PolicyGroup, ...]:
         groups = []
         for index, item in enumerate(self.sequence(node, "groups")):
@@ -512,17 +656,21 @@ class _PolicyReader:
             return None
         return name
 
-    def read_grants(self, node: Node | None) -> tuple[PolicyGrant, ...]:
-        grants = []
-        for index, item in enumerate(self.sequence(node, "grants")):
-            grant = self.read_grant(item, index)
-            if grant is not None:
-                grants.append(grant)
-        return tuple(grants)
+    def read_rules(
+        self, node: Node | None, section: str, effect: Literal["allow", "deny"]
+    ) -> tuple[PolicyGrant, ...]:
+        rules = []
+        for index, item in enumerate(self.sequence(node, section)):
+            rule = self.read_rule(item, f"{section}[{index}]", effect)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
 
-    def read_grant(self, node: Node, index: int) -> PolicyGrant | None:
-        path = f"grants[{index}]"
-        fields = self.mapping(node, path, _GRANT_KEYS, required=("to",))
+    def read_rule(
+        self, node: Node, path: str, effect: Literal["allow", "deny"]
+    ) -> PolicyGrant | None:
+        allowed = _GRANT_KEYS if effect == "allow" else _DENY_KEYS
+        fields = self.mapping(node, path, allowed, required=("to",))
         if fields is None:
             return None
 
@@ -530,13 +678,100 @@ class _PolicyReader:
         description = ""
         if "description" in fields:
             description = self.string(fields["description"], f"{path}.description") or ""
-        target = self.read_target(fields["to"], f"{path}.to") if "to" in fields else None
+        target = None
+        if "to" in fields:
+            target = self.read_target(fields["to"], f"{path}.to", effect)
         resources = self.read_grant_resources(node, fields, path)
+        excluded = self.read_excluded(fields.get("except"), f"{path}.except")
+        conditions = self.read_conditions(fields, path)
 
-        if grant_id is None or target is None or resources is None:
+        if grant_id is None or target is None or resources is None or conditions is None:
             return None
         grant_type, names, actions = resources
-        return PolicyGrant(grant_id, target, grant_type, names, actions, description)
+        if grant_type == REPOSITORY:
+            self.note_placeholders(fields["repositories"], names, target, effect, path)
+        source_ips, not_before, not_after = conditions
+        return PolicyGrant(
+            id=grant_id,
+            to=target,
+            type=grant_type,
+            resources=names,
+            actions=actions,
+            description=description,
+            effect=effect,
+            excluded=excluded,
+            source_ips=source_ips,
+            not_before=not_before,
+            not_after=not_after,
+        )
+
+    def note_placeholders(
+        self,
+        node: Node,
+        patterns: tuple[str, ...],
+        target: str,
+        effect: Literal["allow", "deny"],
+        path: str,
+    ) -> None:
+        nodes = node.value if isinstance(node, SequenceNode) else []
+        for index, item_node in enumerate(nodes):
+            value = item_node.value if isinstance(item_node, ScalarNode) else None
+            if value in patterns and has_placeholder(str(value)):
+                item = _Item(str(value), item_node, f"{path}.repositories[{index}]")
+                self.declared.placeholders.append((item, target, effect))
+
+    def read_excluded(self, node: Node | None, path: str) -> tuple[str, ...]:
+        if node is None:
+            return ()
+        members = self.strings(node, path)
+        self.declared.member_references.extend(members)
+        return tuple(dict.fromkeys(member.value for member in members))
+
+    def read_conditions(
+        self, fields: dict[str, Node], path: str
+    ) -> tuple[tuple[str, ...], int | None, int | None] | None:
+        valid = True
+        source_ips: list[str] = []
+        if "source_ips" in fields:
+            for item in self.read_non_empty_strings(fields["source_ips"], f"{path}.source_ips"):
+                try:
+                    source_ips.append(str(ipaddress.ip_network(item.value, strict=True)))
+                except ValueError as exc:
+                    self.report(item.node, f"{item.path}: invalid CIDR range: {exc}")
+                    valid = False
+
+        not_before = self.read_time(fields.get("not_before"), f"{path}.not_before")
+        not_after = self.read_time(fields.get("not_after"), f"{path}.not_after")
+        if "not_before" in fields and not_before is None:
+            valid = False
+        if "not_after" in fields and not_after is None:
+            valid = False
+        if not_before is not None and not_after is not None and not_before > not_after:
+            self.report(fields["not_after"], f"{path}.not_after is earlier than not_before")
+            valid = False
+
+        if not valid:
+            return None
+        return tuple(dict.fromkeys(source_ips)), not_before, not_after
+
+    def read_time(self, node: Node | None, path: str) -> int | None:
+        if node is None:
+            return None
+        # YAML reads an unquoted RFC 3339 time as a timestamp, a quoted one as a string.
+        if not isinstance(node, ScalarNode) or node.tag not in (_STR, _TIMESTAMP):
+            self.report(node, f"{path} must be an RFC 3339 time, got {_describe(node)}")
+            return None
+        try:
+            moment = datetime.fromisoformat(str(node.value))
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            self.report(
+                node,
+                f"{path} must be an RFC 3339 time with a time zone, such as 2026-01-31T18:00:00Z",
+            )
+            return None
+        return int(moment.timestamp())
 
     def read_grant_id(self, node: Node | None, path: str, grant_node: Node) -> str | None:
         grant_id = path if node is None else self.string(node, f"{path}.id")
@@ -559,23 +794,32 @@ class _PolicyReader:
             return None
         return grant_id
 
-    def read_target(self, node: Node, path: str) -> str | None:
+    def read_target(self, node: Node, path: str, effect: Literal["allow", "deny"]) -> str | None:
         target = self.string(node, path)
         if target is None:
             return None
 
-        if target == ANONYMOUS:
+        if target == ANONYMOUS or (target == EVERYONE and effect == "deny"):
             return target
         kind, _, name = target.partition(":")
         if kind == "user":
             known = name in self.declared.users
+        elif kind == "host":
+            known = name in self.declared.hosts
         elif kind == "group":
             known = name in self.declared.groups
-        else:
+        elif target == EVERYONE:
             self.report(
                 node,
-                f"{path}: invalid target {target!r}: use 'user:NAME', 'group:NAME' or 'anonymous'",
+                f"{path}: 'everyone' is for denies: grants to 'anonymous' already apply "
+                "to every principal",
             )
+            return None
+        else:
+            targets = "'user:NAME', 'host:NAME', 'group:NAME' or 'anonymous'"
+            if effect == "deny":
+                targets = "'user:NAME', 'host:NAME', 'group:NAME', 'anonymous' or 'everyone'"
+            self.report(node, f"{path}: invalid target {target!r}: use {targets}")
             return None
         if not known:
             self.report(node, f"{path}: unknown {kind} {target!r}: no {kind} named {name!r}")
@@ -673,10 +917,15 @@ class _PolicyReader:
         kind, _, name = member.partition(":")
         if kind == "user":
             known = name in self.declared.users
+        elif kind == "host":
+            known = name in self.declared.hosts
         elif kind == "group":
             known = name in self.declared.groups
         else:
-            self.report(node, f"{path}: invalid member {member!r}: use 'user:NAME' or 'group:NAME'")
+            self.report(
+                node,
+                f"{path}: invalid member {member!r}: use 'user:NAME', 'host:NAME' or 'group:NAME'",
+            )
             return
         if not known:
             self.report(node, f"{path}: unknown member {member!r}: no {kind} named {name!r}")
@@ -685,6 +934,25 @@ class _PolicyReader:
         for cycle, node in _find_cycles(self.declared.group_members):
             chain = " -> ".join(f"{GROUP_PREFIX}{name}" for name in cycle)
             self.report(node, f"groups contain each other in a cycle: {chain}")
+
+    def check_placeholders(self, policy: Policy) -> None:
+        """Check that `{name}` gives a valid pattern for every principal a rule reaches."""
+        parents = _parent_groups(policy)
+        for item, target, effect in self.declared.placeholders:
+            if target == ANONYMOUS and effect == "allow":
+                self.report(
+                    item.node,
+                    f"{item.path}: {{name}} cannot be used in a grant to 'anonymous', which "
+                    "applies to every principal: grant to a group instead",
+                )
+                continue
+            for principal in _principal_names(policy):
+                if not _rule_reaches(target, (), principal, parents):
+                    continue
+                error = validate_pattern(substitute_name(item.value, _own_name(principal)))
+                if error is not None:
+                    self.report(item.node, f"{item.path} for {principal}: {error}")
+                    break
 
 
 def _find_cycles(
@@ -723,63 +991,156 @@ def _find_cycles(
 # Compiling -------------------------------------------------------------------------
 
 
+def _rule_to_canonical(rule: PolicyGrant) -> dict[str, object]:
+    canonical: dict[str, object] = {
+        "id": rule.id,
+        "to": rule.to,
+        "type": rule.type,
+        "resources": list(rule.resources),
+        "actions": list(sort_actions(rule.actions)),
+        "description": rule.description,
+    }
+    # Keys of the first format are written only when set, so that a policy without
+    # them keeps the version it had before they existed.
+    if rule.excluded:
+        canonical["except"] = list(rule.excluded)
+    if rule.source_ips:
+        canonical["source_ips"] = list(rule.source_ips)
+    if rule.not_before is not None:
+        canonical["not_before"] = rule.not_before
+    if rule.not_after is not None:
+        canonical["not_after"] = rule.not_after
+    return canonical
+
+
 def policy_version(policy: Policy) -> str:
     """Return the SHA-256 hex digest of the policy's canonical JSON form."""
-    canonical = {
+    canonical: dict[str, object] = {
         "format": FORMAT_VERSION,
         "users": [
             {"name": user.name, "password_hash": user.password_hash, "disabled": user.disabled}
             for user in policy.users
         ],
         "groups": [{"name": group.name, "members": list(group.members)} for group in policy.groups],
-        "grants": [
-            {
-                "id": grant.id,
-                "to": grant.to,
-                "type": grant.type,
-                "resources": list(grant.resources),
-                "actions": list(sort_actions(grant.actions)),
-                "description": grant.description,
-            }
-            for grant in policy.grants
-        ],
+        "grants": [_rule_to_canonical(grant) for grant in policy.grants],
     }
+    if policy.hosts:
+        canonical["hosts"] = [
+            {"name": host.name, "description": host.description, "disabled": host.disabled}
+            for host in policy.hosts
+        ]
+    if policy.denies:
+        canonical["denies"] = [_rule_to_canonical(deny) for deny in policy.denies]
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
-    """Compile a policy into one principal per user plus one for `anonymous`.
+    """Compile a policy into one principal for `anonymous`, each user and each host.
 
     Each principal's grants are its own, those of every group it belongs to directly or
-    through nested groups, and those to `anonymous`. They are in file order, then in the
-    order of each grant's resources, and a grant for a type, pattern and action set
-    already present is left out. The principals are `anonymous` first, then the users
-    in file order. `policy` is expected to come from `load_policy`, which rejects
-    unknown members and cycles.
+    through nested groups, and those to `anonymous`, followed by the denies that reach
+    it. They are in file order, then in the order of each rule's resources, with `{name}`
+    replaced, and a rule equal to one already present is left out. The principals are
+    `anonymous` first, then the users, then the hosts, in file order. `policy` is
+    expected to come from `load_policy`, which rejects unknown members and cycles.
     """
     version = policy_version(policy)
     parents = _parent_groups(policy)
-
-    principals = [
-        Principal(
-            name=ANONYMOUS,
-            grants=_expand_grants(policy.grants, {ANONYMOUS}),
-            policy_version=version,
-        )
-    ]
+    accounts: dict[str, tuple[str | None, bool]] = {ANONYMOUS: (None, False)}
     for user in policy.users:
-        name = f"{USER_PREFIX}{user.name}"
-        targets = {name, ANONYMOUS} | _groups_of(name, parents)
+        accounts[f"{USER_PREFIX}{user.name}"] = (user.password_hash, user.disabled)
+    for host in policy.hosts:
+        accounts[f"{HOST_PREFIX}{host.name}"] = (None, host.disabled)
+
+    rules_by_target = _index_rules(policy)
+    principals = []
+    for name in _principal_names(policy):
+        password_hash, disabled = accounts[name]
         principal = Principal(
             name=name,
-            grants=_expand_grants(policy.grants, targets),
-            password_hash=user.password_hash,
-            disabled=user.disabled,
+            grants=_rules_for(rules_by_target, name, parents),
+            password_hash=password_hash,
+            disabled=disabled,
             policy_version=version,
         )
         principals.append(principal)
-    return CompiledPolicy(version=version, principals=tuple(principals))
+    return CompiledPolicy(
+        version=version, principals=tuple(principals), descriptions=policy.descriptions()
+    )
+
+
+def _principal_names(policy: Policy) -> list[str]:
+    names = [ANONYMOUS]
+    names += [f"{USER_PREFIX}{user.name}" for user in policy.users]
+    names += [f"{HOST_PREFIX}{host.name}" for host in policy.hosts]
+    return names
+
+
+def _own_name(principal: str) -> str:
+    """Return the value of `{name}` for a principal: its name without the kind prefix."""
+    return principal.partition(":")[2] or principal
+
+
+def _rule_reaches(
+    target: str, excluded: Sequence[str], principal: str, parents: dict[str, list[str]]
+) -> bool:
+    """Return whether a rule to `target` that leaves out `excluded` applies to `principal`.
+
+    This is the rule's own reach: the anonymous floor of grants is added by the caller.
+    """
+    memberships = {principal} | _groups_of(principal, parents)
+    if any(entry in memberships for entry in excluded):
+        return False
+    return target == EVERYONE or target in memberships
+
+
+def _rules_for(
+    rules_by_target: Mapping[str, list[tuple[int, PolicyGrant]]],
+    principal: str,
+    parents: dict[str, list[str]],
+) -> tuple[Grant, ...]:
+    own_name = _own_name(principal)
+    memberships = {principal} | _groups_of(principal, parents)
+    # Grants to anonymous are a floor for every principal, and denies to anonymous
+    # only reach unauthenticated requests.
+    candidates = [*rules_by_target.get(EVERYONE, []), *rules_by_target.get(_FLOOR, [])]
+    for target in memberships:
+        candidates += rules_by_target.get(target, [])
+    compiled: list[Grant] = []
+    # A rule equal to an earlier one except for its id adds nothing.
+    seen: set[Grant] = set()
+
+    # Sorting by position restores file order, grants before denies.
+    for _, rule in sorted(candidates, key=lambda candidate: candidate[0]):
+        if any(entry in memberships for entry in rule.excluded):
+            continue
+        for resource in rule.resources:
+            pattern = substitute_name(resource, own_name) if rule.type == REPOSITORY else resource
+            grant = Grant(
+                type=rule.type,
+                pattern=pattern,
+                actions=rule.actions,
+                rule_id=rule.id,
+                effect=rule.effect,
+                source_ips=rule.source_ips,
+                not_before=rule.not_before,
+                not_after=rule.not_after,
+            )
+            key = replace(grant, rule_id="")
+            if key not in seen:
+                seen.add(key)
+                compiled.append(grant)
+    return tuple(compiled)
+
+
+def _index_rules(policy: Policy) -> dict[str, list[tuple[int, PolicyGrant]]]:
+    """Map each target to its rules with their position, so compiling reads only those."""
+    index: dict[str, list[tuple[int, PolicyGrant]]] = {}
+    for position, rule in enumerate((*policy.grants, *policy.denies)):
+        target = _FLOOR if rule.effect == "allow" and rule.to == ANONYMOUS else rule.to
+        index.setdefault(target, []).append((position, rule))
+    return index
 
 
 def _parent_groups(policy: Policy) -> dict[str, list[str]]:
@@ -804,20 +1165,6 @@ def _groups_of(member: str, parents: dict[str, list[str]]) -> set[str]:
     return found
 
 
-def _expand_grants(grants: Iterable[PolicyGrant], targets: set[str]) -> tuple[Grant, ...]:
-    expanded: list[Grant] = []
-    seen: set[tuple[str, str, frozenset[str]]] = set()
-    for grant in grants:
-        if grant.to not in targets:
-            continue
-        for resource in grant.resources:
-            key = (grant.type, resource, grant.actions)
-            if key not in seen:
-                seen.add(key)
-                expanded.append(Grant(grant.type, resource, grant.actions, grant.id))
-    return tuple(expanded)
-
-
 # Authorizing -----------------------------------------------------------------------
 
 
@@ -825,65 +1172,174 @@ def authorize(principal: Principal, scopes: Sequence[Scope]) -> tuple[AccessEntr
     """Return the access entries to put in a token: requested actions that are granted.
 
     See `authorize_with_reasons`, which also returns the actions that were dropped.
+    Conditions are checked against the current time and no source address.
     """
     entries, _ = authorize_with_reasons(principal, scopes)
     return entries
 
 
 def authorize_with_reasons(
-    principal: Principal, scopes: Sequence[Scope]
+    principal: Principal,
+    scopes: Sequence[Scope],
+    *,
+    source_ip: str = "",
+    now: int | None = None,
 ) -> tuple[tuple[AccessEntry, ...], tuple[Dropped, ...]]:
-    """Intersect the requested scopes with the principal's grants.
+    """Intersect the requested scopes with the principal's grants, minus its denies.
 
     Scopes for the same type and name are merged, and each distinct resource gets one
     entry in first-request order, with its actions in canonical order and possibly
     none: the token specification requires a token with fewer rights, not an error.
-    A repository grant applies when its pattern matches the name, and a registry grant
-    when its resource equals the name. A granted `*` satisfies `pull`, `push`, `delete`
-    and `*`, but a requested `*` needs a grant of `*` itself. Every requested action
-    that is not granted is returned as a `Dropped` with its reason.
+    Every requested action that is not granted is returned as a `Dropped` with its
+    reason and the rules that decided it. See `explain` for the rules of a decision.
     """
     requested: dict[tuple[str, str], set[str]] = {}
     for scope in scopes:
         requested.setdefault((scope.type, scope.name), set()).update(scope.actions)
 
+    moment = int(time.time()) if now is None else now
     entries: list[AccessEntry] = []
     dropped: list[Dropped] = []
     for (resource_type, name), actions in requested.items():
-        granted = _granted_actions(principal.grants, resource_type, name)
-        allowed = {action for action in actions if _is_satisfied(action, granted)}
+        allowed = set()
+        for action in sort_actions(actions):
+            decision = decide(
+                principal, resource_type, name, action, source_ip=source_ip, now=moment
+            )
+            if decision.granted:
+                allowed.add(action)
+            else:
+                dropped.append(
+                    Dropped(resource_type, name, action, decision.reason, decision.rules)
+                )
         entries.append(AccessEntry(resource_type, name, sort_actions(allowed)))
-        for action in sort_actions(actions - allowed):
-            reason = _drop_reason(resource_type, action)
-            dropped.append(Dropped(resource_type, name, action, reason))
     return tuple(entries), tuple(dropped)
 
 
-def _granted_actions(grants: Iterable[Grant], resource_type: str, name: str) -> set[str]:
-    granted: set[str] = set()
-    for grant in grants:
-        if grant.type != resource_type:
+def explain(
+    principal: Principal,
+    scopes: Sequence[Scope],
+    *,
+    source_ip: str = "",
+    now: int | None = None,
+    descriptions: Mapping[str, str] | None = None,
+) -> tuple[Decision, ...]:
+    """Decide each requested action and list every rule that decided it.
+
+    Uses the same rules as `authorize_with_reasons`, so an explanation always agrees
+    with the token. `descriptions` maps rule ids to their descriptions, which compiled
+    grants do not carry.
+    """
+    moment = int(time.time()) if now is None else now
+    decisions = []
+    seen: set[tuple[str, str, str]] = set()
+    for scope in scopes:
+        for action in sort_actions(scope.actions):
+            key = (scope.type, scope.name, action)
+            if key in seen:
+                continue
+            seen.add(key)
+            decision = decide(
+                principal, scope.type, scope.name, action, source_ip=source_ip, now=moment
+            )
+            if descriptions:
+                rules = tuple(
+                    replace(rule, description=descriptions.get(rule.rule_id, ""))
+                    for rule in decision.rules
+                )
+                decision = replace(decision, rules=rules)
+            decisions.append(decision)
+    return tuple(decisions)
+
+
+def decide(
+    principal: Principal, resource_type: str, name: str, action: str, *, source_ip: str, now: int
+) -> Decision:
+    """Decide one requested action.
+
+    An action is granted when a grant covers it and no deny does. A grant covers it
+    when its resource matches and all its conditions hold, and a granted `*` satisfies
+    `pull`, `push`, `delete` and `*`, but a requested `*` needs a grant of `*` itself.
+    A deny covers an action it lists, every action when it lists `*`, and a requested
+    `*` when it lists any action. The order of the rules never matters.
+    """
+    if resource_type not in (REPOSITORY, REGISTRY):
+        return Decision(resource_type, name, action, False, UNSUPPORTED_TYPE)
+    if action not in REPOSITORY_ACTIONS:
+        return Decision(resource_type, name, action, False, UNKNOWN_ACTION)
+
+    allows: list[RuleEvaluation] = []
+    denies: list[RuleEvaluation] = []
+    for grant in principal.grants:
+        if grant.type != resource_type or not _resource_matches(grant, name):
             continue
-        if grant.type == REPOSITORY:
-            applies = pattern_matches(grant.pattern, name)
-        else:
-            applies = grant.pattern == name
-        if applies:
-            granted |= grant.actions
-    return granted
+        if grant.effect == "deny":
+            if _deny_covers(action, grant.actions):
+                detail = f"deny of {', '.join(sort_actions(grant.actions))} on {grant.pattern!r}"
+                denies.append(RuleEvaluation(grant.rule_id, "deny", grant.pattern, True, detail))
+        elif _is_satisfied(action, grant.actions):
+            allows.append(_evaluate_conditions(grant, source_ip, now))
+
+    if denies:
+        return Decision(resource_type, name, action, False, DENIED, (*denies, *allows))
+    applied = tuple(rule for rule in allows if rule.applied)
+    if applied:
+        return Decision(resource_type, name, action, True, "granted", applied)
+    if allows:
+        return Decision(resource_type, name, action, False, CONDITION_FAILED, tuple(allows))
+    return Decision(resource_type, name, action, False, NO_MATCHING_GRANT)
 
 
-def _is_satisfied(action: str, granted: set[str]) -> bool:
+def _resource_matches(grant: Grant, name: str) -> bool:
+    if grant.type == REPOSITORY:
+        return pattern_matches(grant.pattern, name)
+    return grant.pattern == name
+
+
+def _deny_covers(action: str, denied: frozenset[str]) -> bool:
+    if action == ALL_ACTIONS:
+        return bool(denied)
+    return action in denied or ALL_ACTIONS in denied
+
+
+def _evaluate_conditions(grant: Grant, source_ip: str, now: int) -> RuleEvaluation:
+    def result(applied: bool, detail: str) -> RuleEvaluation:
+        return RuleEvaluation(grant.rule_id, "allow", grant.pattern, applied, detail)
+
+    if grant.not_before is not None and now < grant.not_before:
+        return result(False, f"not_before {_rfc3339(grant.not_before)} has not been reached")
+    if grant.not_after is not None and now > grant.not_after:
+        return result(False, f"not_after {_rfc3339(grant.not_after)} has passed")
+    if grant.source_ips and not _address_in(source_ip, grant.source_ips):
+        shown = source_ip or "unknown"
+        ranges = ", ".join(grant.source_ips)
+        return result(False, f"source address {shown} is not in {ranges}")
+    return result(True, f"{grant.pattern!r} grants {', '.join(sort_actions(grant.actions))}")
+
+
+def _rfc3339(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr)
+
+
+def _address_in(source_ip: str, ranges: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(source_ip)
+    except ValueError:
+        return False
+    # An IPv4 client seen through an IPv6 socket arrives as ::ffff:a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in _network(cidr) for cidr in ranges)
+
+
+def _is_satisfied(action: str, granted: frozenset[str]) -> bool:
     if action == ALL_ACTIONS:
         return ALL_ACTIONS in granted
     if action in (PULL, PUSH, DELETE):
         return action in granted or ALL_ACTIONS in granted
     return False
-
-
-def _drop_reason(resource_type: str, action: str) -> str:
-    if resource_type not in (REPOSITORY, REGISTRY):
-        return UNSUPPORTED_TYPE
-    if action not in REPOSITORY_ACTIONS:
-        return UNKNOWN_ACTION
-    return NO_MATCHING_GRANT

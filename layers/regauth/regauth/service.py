@@ -23,6 +23,8 @@ from regauth.errors import (
     UnavailableError,
     UnknownServiceError,
 )
+from regauth.hosts import check_api_key, hash_api_key, is_host, principal_name_for
+from regauth.iam import IAM_USERNAME, IamVerifier, RoleMap, arn_pattern_matches, principal_arn
 from regauth.models import ANONYMOUS, IssuedToken, Principal, RefreshTokenRecord, TokenRequest
 from regauth.passwords import VerifiedPasswordCache, hash_password, verify_password
 from regauth.policy import authorize_with_reasons
@@ -83,6 +85,8 @@ class TokenService:
         audit: AuditSink,
         *,
         password_cache: VerifiedPasswordCache | None = None,
+        iam: IamVerifier | None = None,
+        role_map: Callable[[], RoleMap] = RoleMap,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -92,8 +96,10 @@ class TokenService:
         self._passwords = password_cache or VerifiedPasswordCache(clock=clock)
         self._clock = clock
         self._dummy_hash: str | None = None
+        self._iam = iam
+        self._role_map = role_map
 
-    def issue(self, request: TokenRequest) -> IssuedToken:
+    def issue(self, request: TokenRequest, *, iam_caller_arn: str | None = None) -> IssuedToken:
         """Authenticate and authorize `request` and return a signed token.
 
         Every outcome, success or error, is written to the audit sink before this
@@ -106,7 +112,7 @@ class TokenService:
             registry_service=request.service,
         )
         try:
-            return self._issue(request, context)
+            return self._issue(request, context, iam_caller_arn)
         except AuthenticationError as exc:
             self._emit_failure("authentication.failed", context, request, exc, exc.principal)
             raise
@@ -136,7 +142,9 @@ class TokenService:
             )
         )
 
-    def _issue(self, request: TokenRequest, context: RequestContext) -> IssuedToken:
+    def _issue(
+        self, request: TokenRequest, context: RequestContext, iam_caller_arn: str | None = None
+    ) -> IssuedToken:
         if request.service not in self._settings.services:
             raise UnknownServiceError(
                 f"unknown service {request.service!r}: this token server issues tokens "
@@ -145,14 +153,28 @@ class TokenService:
         if request.offline and not request.client_id:
             raise InvalidRequestError("client_id is required when requesting a refresh token")
 
-        if request.grant_type == "refresh_token":
+        caller_arn = iam_caller_arn
+        if iam_caller_arn is not None:
+            # API Gateway verified the SigV4 signature of this request (AWS_IAM auth).
+            principal, auth_method = (
+                self._principal_for_arn(principal_arn(iam_caller_arn)),
+                "aws_iam",
+            )
+        elif request.grant_type == "refresh_token":
             principal, auth_method = self._authenticate_refresh(request), "refresh_token"
+            self._emit_refresh_used(principal, request, context)
         elif request.credentials is None:
             principal, auth_method = self._anonymous(), "anonymous"
+        elif request.credentials.username == IAM_USERNAME:
+            principal, caller_arn = self._authenticate_iam(request)
+            auth_method = "aws_iam"
         else:
             principal, auth_method = self._authenticate_password(request), "password"
 
-        access, dropped = authorize_with_reasons(principal, request.scopes)
+        # Conditions on grants are checked against this request's address and time.
+        access, dropped = authorize_with_reasons(
+            principal, request.scopes, source_ip=request.source_ip, now=int(self._clock())
+        )
 
         signing_key = self._signing.current()
         now = datetime.fromtimestamp(self._clock(), UTC).replace(microsecond=0)
@@ -188,6 +210,7 @@ class TokenService:
                     "jti": claims.jwt_id,
                     "expires_at": claims.expires_at,
                     "refresh_token_issued": refresh_token is not None,
+                    "caller_arn": caller_arn,
                 },
             )
         )
@@ -210,7 +233,8 @@ class TokenService:
         credentials = request.credentials
         assert credentials is not None  # noqa: S101 - the caller checked this
         username = credentials.username
-        claimed = USER_PREFIX + username if username else None
+        # `host/NAME` names a host, whose password is its API key (see regauth.hosts).
+        claimed = principal_name_for(username) if username else None
         if not username or not credentials.password:
             raise InvalidCredentialsError(
                 "invalid username or password", reason="empty_credentials", principal=claimed
@@ -224,7 +248,10 @@ class TokenService:
         if principal is None:
             # Hash anyway, so an unknown user name takes as long as a wrong password
             # and response times do not reveal which user names exist.
-            verify_password(self._dummy_password_hash(), credentials.password)
+            if is_host(claimed):
+                hash_api_key(credentials.password)
+            else:
+                verify_password(self._dummy_password_hash(), credentials.password)
             raise InvalidCredentialsError(
                 "invalid username or password", reason="unknown_principal", principal=claimed
             )
@@ -234,17 +261,64 @@ class TokenService:
             raise InvalidCredentialsError(
                 "invalid username or password", reason="principal_disabled", principal=claimed
             )
-        if not principal.password_hash or not self._passwords.verify(
-            principal.name, principal.password_hash, credentials.password
-        ):
+        failure = self._check_secret(principal, credentials.password, now)
+        if failure is not None:
             self._store.record_failed_login(principal.name, now, self._settings.lockout_seconds)
             raise InvalidCredentialsError(
-                "invalid username or password", reason="wrong_password", principal=claimed
+                "invalid username or password", reason=failure, principal=claimed
             )
 
         if principal.failed_logins:
             self._store.reset_failed_logins(principal.name)
         return principal
+
+    def _check_secret(self, principal: Principal, secret: str, now: int) -> str | None:
+        """Check a password or a host's API key; return the audit reason of a failure."""
+        if is_host(principal.name):
+            return check_api_key(principal, secret, now)
+        if not principal.password_hash or not self._passwords.verify(
+            principal.name, principal.password_hash, secret
+        ):
+            return "wrong_password"
+        return None
+
+    def _authenticate_iam(self, request: TokenRequest) -> tuple[Principal, str]:
+        """Verify an IAM proof and return the role or user principal it maps to.
+
+        A new proof costs one STS call and one DynamoDB read, and a cached one only the
+        read. The caller's ARN must match the patterns stored on the principal too, so
+        a role map that is older than the policy cannot admit a removed ARN.
+        """
+        credentials = request.credentials
+        assert credentials is not None  # noqa: S101 - the caller checked this
+        if self._iam is None:
+            raise InvalidCredentialsError(
+                "invalid username or password", reason="iam_sign_in_disabled"
+            )
+        identity = self._iam.verify(credentials.password)
+        return self._principal_for_arn(identity.arn), identity.caller_arn
+
+    def _principal_for_arn(self, arn: str) -> Principal:
+        name = self._role_map().resolve(arn)
+        principal = self._store.get_principal(name)
+        if principal is None or not self._role_map_current(principal, arn):
+            raise InvalidCredentialsError(
+                "invalid username or password", reason="unknown_principal", principal=name
+            )
+        if principal.disabled:
+            raise InvalidCredentialsError(
+                "invalid username or password", reason="principal_disabled", principal=name
+            )
+        return principal
+
+    @staticmethod
+    def _role_map_current(principal: Principal, arn: str) -> bool:
+        patterns = getattr(principal, "arn_patterns", None)
+        # NOTE: principals carry no ARN patterns until the policy's `roles` section is
+        # stored with them, so until then the role map alone decides.
+        if patterns is None:
+            return True
+        return any(arn_pattern_matches(pattern, arn) for pattern in patterns)
 
     def _check_lockout(self, principal: Principal, now: int) -> None:
         window_end = principal.failed_window_start + self._settings.lockout_seconds
@@ -318,6 +392,23 @@ class TokenService:
         )
         return token
 
+    def _emit_refresh_used(
+        self, principal: Principal, request: TokenRequest, context: RequestContext
+    ) -> None:
+        self._audit.emit(
+            AuditEvent(
+                event_type="refresh_token.used",
+                outcome="success",
+                context=context,
+                principal=principal.name,
+                auth_method="refresh_token",
+                details={
+                    "refresh_token_id": hash_refresh_token(request.refresh_token or "")[:12],
+                    "client_id": request.client_id,
+                },
+            )
+        )
+
     def _emit_failure(
         self,
         event_type: EventType,
@@ -343,4 +434,6 @@ class TokenService:
 def _auth_method_of(request: TokenRequest) -> str:
     if request.grant_type == "refresh_token":
         return "refresh_token"
-    return "anonymous" if request.credentials is None else "password"
+    if request.credentials is None:
+        return "anonymous"
+    return "aws_iam" if request.credentials.username == IAM_USERNAME else "password"

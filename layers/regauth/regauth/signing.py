@@ -377,6 +377,7 @@ class SigningKeyManager:
     key. Later calls make no AWS call until fewer than `settings.cert_renew_margin`
     seconds of the leaf remain, so a token never outlives the certificate that signed
     it. Thread-safe, so one manager can serve a threaded local server.
+    `on_certificate_issued` is called with each new leaf, for the audit trail.
     """
 
     def __init__(
@@ -386,8 +387,11 @@ class SigningKeyManager:
         store: RootCertificateStore,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        *,
+        on_certificate_issued: Callable[[x509.Certificate], None] | None = None,
     ) -> None:
         self._root_key = KmsRootKey(kms_client, key_id)
+        self._on_certificate_issued = on_certificate_issued
         self._key_id = key_id
         self._store = store
         self._settings = settings
@@ -466,6 +470,8 @@ class SigningKeyManager:
             now=_to_datetime(now),
             ttl=timedelta(seconds=self._settings.cert_ttl),
         )
+        if self._on_certificate_issued is not None:
+            self._on_certificate_issued(leaf)
         return SigningKey(
             private_key=private_key,
             certificate=leaf,

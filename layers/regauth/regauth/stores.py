@@ -2,18 +2,32 @@
 
 Everything lives in one table with a string partition key `pk`:
 
-- `principal#<name>`: a `Principal` with its compiled grants, so one `GetItem`
-  answers a token request.
+- `principal#<name>`: what admin actions and the token path change at run time: a
+  password hash set by an admin, the admin's disable flag, the refresh revocation
+  time, failed-login counters and a host's API key digest. Applying a policy never
+  writes these attributes.
+- `grants#<name>`: the principal as each retained policy version compiled it, in
+  `versions`, a JSON object keyed by version number: grants and denies, the policy's
+  password hash and its disable flag. Only applying a policy writes it
+  (`regauth.policy_store`). JSON text instead of nested DynamoDB maps keeps the item
+  cheap to read and write, both for DynamoDB and for the JSON parsing in a request.
+- `policy#current`: the number (`seq`) and content hash of the active version.
+- `policy#version#<n>`, `policy#history`, `policy#sequence`, `policy#lock`: the
+  versions' sources and metadata, see `regauth.policy_store`.
 - `refresh#<sha256 hex>`: a `RefreshTokenRecord`; `expires_at` is the table's TTL
   attribute, and reads check it too because TTL deletion can lag by days.
 - `root-certificate#<key id>`: the PEM of the root certificate KMS signed.
-- `policy#current`: the version of the policy last applied.
+
+A token request reads `policy#current` and both items of its principal, plus the
+refresh token when it presents one, in one `BatchGetItem`. That one round trip returns
+either the old or the new version of a policy being applied, never a mix.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -26,17 +40,15 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
     from regauth.policy import CompiledPolicy
+    from regauth.policy_store import ApplyResult
 
 logger = logging.getLogger(__name__)
 
 PRINCIPAL_PREFIX = "principal#"
+GRANTS_PREFIX = "grants#"
 REFRESH_PREFIX = "refresh#"
 ROOT_CERTIFICATE_PREFIX = "root-certificate#"
 POLICY_CURRENT_KEY = "policy#current"
-
-# Attributes that admin actions and the token path change at run time. Applying a
-# policy keeps them, so a re-apply does not undo a revocation or a lockout.
-_RUNTIME_ATTRIBUTES = ("refresh_not_before", "failed_logins", "failed_window_start")
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -66,48 +78,93 @@ def _deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _deserializer.deserialize(value) for key, value in item.items()}
 
 
-def principal_to_item(principal: Principal) -> dict[str, Any]:
-    """Convert a principal to a DynamoDB item (Python values, not yet serialized)."""
-    return {
-        "pk": PRINCIPAL_PREFIX + principal.name,
-        "name": principal.name,
-        "password_hash": principal.password_hash,
-        "disabled": principal.disabled,
-        "refresh_not_before": principal.refresh_not_before,
-        "policy_version": principal.policy_version,
-        "failed_logins": principal.failed_logins,
-        "failed_window_start": principal.failed_window_start,
-        "grants": [
-            {
-                "type": grant.type,
-                "pattern": grant.pattern,
-                "actions": sorted(grant.actions),
-                "rule_id": grant.rule_id,
-            }
-            for grant in principal.grants
-        ],
+def grant_to_map(grant: Grant) -> dict[str, Any]:
+    """Convert a compiled grant to a DynamoDB map, leaving out unset conditions."""
+    item: dict[str, Any] = {
+        "type": grant.type,
+        "pattern": grant.pattern,
+        "actions": sorted(grant.actions),
+        "rule_id": grant.rule_id,
     }
+    if grant.effect != "allow":
+        item["effect"] = grant.effect
+    if grant.source_ips:
+        item["source_ips"] = list(grant.source_ips)
+    if grant.not_before is not None:
+        item["not_before"] = grant.not_before
+    if grant.not_after is not None:
+        item["not_after"] = grant.not_after
+    return item
 
 
-def principal_from_item(item: Mapping[str, Any]) -> Principal:
-    """Build a principal from a deserialized item. Numbers arrive as `Decimal`."""
+def grant_from_map(item: Mapping[str, Any]) -> Grant:
+    """Build a grant from a deserialized map. Numbers arrive as `Decimal`."""
+    not_before = item.get("not_before")
+    not_after = item.get("not_after")
+    return Grant(
+        type=item["type"],
+        pattern=str(item["pattern"]),
+        actions=frozenset(str(action) for action in item["actions"]),
+        rule_id=str(item["rule_id"]),
+        effect="deny" if item.get("effect") == "deny" else "allow",
+        source_ips=tuple(str(cidr) for cidr in item.get("source_ips", ())),
+        not_before=None if not_before is None else int(not_before),
+        not_after=None if not_after is None else int(not_after),
+    )
+
+
+def version_entry(principal: Principal) -> dict[str, Any]:
+    """Convert a compiled principal to its entry in a `grants#` item's `versions` map."""
+    entry: dict[str, Any] = {
+        "grants": [grant_to_map(grant) for grant in principal.grants],
+        "disabled": principal.disabled,
+    }
+    if principal.password_hash:
+        entry["password_hash"] = principal.password_hash
+    return entry
+
+
+def decode_versions(grants: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return the `versions` object of a deserialized `grants#` item, or an empty one."""
+    if not grants or "versions" not in grants:
+        return {}
+    versions: dict[str, Any] = json.loads(grants["versions"])
+    return versions
+
+
+def encode_versions(versions: Mapping[str, Any]) -> str:
+    """Encode a `versions` object as compact JSON text for a `grants#` item."""
+    return json.dumps(versions, separators=(",", ":"), sort_keys=True)
+
+
+def principal_from_items(
+    name: str,
+    version: int,
+    runtime: Mapping[str, Any] | None,
+    grants: Mapping[str, Any] | None,
+) -> Principal | None:
+    """Build a principal as policy version `version` defines it, with its runtime state.
+
+    Returns None when that version has no such principal. A password hash set by an
+    admin takes precedence over one in the policy. The principal is disabled when the
+    policy or an admin disabled it.
+    """
+    entry = decode_versions(grants).get(str(version))
+    if entry is None:
+        return None
+    state = runtime or {}
     return Principal(
-        name=str(item["name"]),
-        password_hash=item.get("password_hash"),
-        disabled=bool(item.get("disabled", False)),
-        refresh_not_before=int(item.get("refresh_not_before", 0)),
-        policy_version=str(item.get("policy_version", "")),
-        failed_logins=int(item.get("failed_logins", 0)),
-        failed_window_start=int(item.get("failed_window_start", 0)),
-        grants=tuple(
-            Grant(
-                type=grant["type"],
-                pattern=str(grant["pattern"]),
-                actions=frozenset(str(action) for action in grant["actions"]),
-                rule_id=str(grant["rule_id"]),
-            )
-            for grant in item.get("grants", [])
-        ),
+        name=name,
+        grants=tuple(grant_from_map(grant) for grant in entry.get("grants", [])),
+        password_hash=state.get("admin_password_hash") or entry.get("password_hash"),
+        disabled=bool(entry.get("disabled", False)) or bool(state.get("admin_disabled", False)),
+        refresh_not_before=int(state.get("refresh_not_before", 0)),
+        policy_version=str(version),
+        failed_logins=int(state.get("failed_logins", 0)),
+        failed_window_start=int(state.get("failed_window_start", 0)),
+        api_key_hash=state.get("api_key_hash"),
+        api_key_expires_at=int(state.get("api_key_expires_at", 0)),
+        api_key_id=str(state.get("api_key_id", "")),
     )
 
 
@@ -149,23 +206,24 @@ class DynamoStore:
         item = response.get("Item")
         return _deserialize(item) if item else None
 
-    def get_principal(self, name: str) -> Principal | None:
-        item = self._get(PRINCIPAL_PREFIX + name)
-        return principal_from_item(item) if item else None
+    def _batch_get(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Read up to 100 items in one `BatchGetItem` round trip, with strong consistency.
 
-    def get_principal_and_refresh_token(
-        self, name: str, token_hash: str
-    ) -> tuple[Principal | None, RefreshTokenRecord | None]:
-        """Read a principal and a refresh token in one `BatchGetItem` round trip."""
-        keys = [{"pk": {"S": PRINCIPAL_PREFIX + name}}, {"pk": {"S": REFRESH_PREFIX + token_hash}}]
-        request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
-        items: list[dict[str, Any]] = []
+        Strong consistency makes an admin change (a rotated key, a disable) take effect
+        on the next request instead of after replication.
+        """
+        request: dict[str, Any] = {
+            self._table: {"Keys": [{"pk": {"S": key}} for key in keys], "ConsistentRead": True}
+        }
+        items: dict[str, dict[str, Any]] = {}
         try:
-            # DynamoDB may return some keys as unprocessed under throttling. Two keys
+            # DynamoDB may return some keys as unprocessed under throttling. A few keys
             # need at most a few retries; past that, fail closed.
             for _attempt in range(3):
                 response = self._client.batch_get_item(RequestItems=request)
-                items.extend(response.get("Responses", {}).get(self._table, []))
+                for raw in response.get("Responses", {}).get(self._table, []):
+                    item = _deserialize(raw)
+                    items[str(item["pk"])] = item
                 request = dict(response.get("UnprocessedKeys") or {})
                 if not request:
                     break
@@ -173,16 +231,34 @@ class DynamoStore:
                 raise StoreUnavailableError("DynamoDB BatchGetItem left keys unprocessed")
         except (ClientError, BotoCoreError) as exc:
             raise self._unavailable("BatchGetItem", exc) from exc
+        return items
 
-        principal: Principal | None = None
-        refresh: RefreshTokenRecord | None = None
-        for raw in items:
-            item = _deserialize(raw)
-            if str(item["pk"]).startswith(PRINCIPAL_PREFIX):
-                principal = principal_from_item(item)
-            else:
-                refresh = _refresh_from_item(item)
-        return principal, refresh
+    def _principal_of(self, name: str, items: Mapping[str, Mapping[str, Any]]) -> Principal | None:
+        pointer = items.get(POLICY_CURRENT_KEY)
+        if pointer is None:
+            return None
+        return principal_from_items(
+            name,
+            int(pointer["seq"]),
+            items.get(PRINCIPAL_PREFIX + name),
+            items.get(GRANTS_PREFIX + name),
+        )
+
+    def get_principal(self, name: str) -> Principal | None:
+        """Read a principal as the active policy version defines it, in one round trip."""
+        keys = [POLICY_CURRENT_KEY, PRINCIPAL_PREFIX + name, GRANTS_PREFIX + name]
+        return self._principal_of(name, self._batch_get(keys))
+
+    def get_principal_and_refresh_token(
+        self, name: str, token_hash: str
+    ) -> tuple[Principal | None, RefreshTokenRecord | None]:
+        """Read a principal and a refresh token in one `BatchGetItem` round trip."""
+        refresh_key = REFRESH_PREFIX + token_hash
+        keys = [POLICY_CURRENT_KEY, PRINCIPAL_PREFIX + name, GRANTS_PREFIX + name, refresh_key]
+        items = self._batch_get(keys)
+        refresh_item = items.get(refresh_key)
+        refresh = _refresh_from_item(refresh_item) if refresh_item else None
+        return self._principal_of(name, items), refresh
 
     def put_refresh_token(self, record: RefreshTokenRecord) -> None:
         item = {
@@ -280,65 +356,15 @@ class DynamoStore:
         return pem
 
     def get_policy_version(self) -> str | None:
+        """Return the content hash of the active policy version, or None before any apply."""
         item = self._get(POLICY_CURRENT_KEY, consistent=True)
-        return str(item["version"]) if item else None
+        return str(item["content_hash"]) if item else None
 
-    def apply_policy(self, compiled: CompiledPolicy) -> None:
-        """Write every principal of a compiled policy and delete the ones it dropped.
+    def apply_policy(
+        self, compiled: CompiledPolicy, *, actor: str = "", source: str = "", text: str = ""
+    ) -> ApplyResult:
+        """Apply a compiled policy as a new version. See `PolicyStore.apply`."""
+        from regauth.policy_store import PolicyStore
 
-        Runtime attributes of existing principals (revocation time, failed-login
-        counters) are carried over.
-        """
-        # NOTE: principals are written in batches of 25, so a token request that runs
-        # during an apply may see some principals from the old policy and some from
-        # the new one.
-        existing = {item["name"]: item for item in self._scan_principals()}
-        writes: list[dict[str, Any]] = []
-        for principal in compiled.principals:
-            item = principal_to_item(principal)
-            previous = existing.pop(principal.name, None)
-            if previous is not None:
-                for attribute in _RUNTIME_ATTRIBUTES:
-                    if attribute in previous:
-                        item[attribute] = int(previous[attribute])
-            writes.append({"PutRequest": {"Item": _serialize(item)}})
-
-        for name in existing:
-            writes.append({"DeleteRequest": {"Key": {"pk": {"S": PRINCIPAL_PREFIX + name}}}})
-        writes.append(
-            {
-                "PutRequest": {
-                    "Item": _serialize({"pk": POLICY_CURRENT_KEY, "version": compiled.version})
-                }
-            }
-        )
-        self._batch_write(writes)
-
-    def _scan_principals(self) -> Iterable[dict[str, Any]]:
-        paginator = self._client.get_paginator("scan")
-        try:
-            pages = paginator.paginate(
-                TableName=self._table,
-                FilterExpression="begins_with(pk, :prefix)",
-                ExpressionAttributeValues={":prefix": {"S": PRINCIPAL_PREFIX}},
-                ConsistentRead=True,
-            )
-            for page in pages:
-                for raw in page.get("Items", []):
-                    yield _deserialize(raw)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._unavailable("Scan", exc) from exc
-
-    def _batch_write(self, writes: list[dict[str, Any]]) -> None:
-        try:
-            for start in range(0, len(writes), 25):
-                pending: dict[str, Any] = {self._table: writes[start : start + 25]}
-                for _attempt in range(8):
-                    response = self._client.batch_write_item(RequestItems=pending)
-                    pending = dict(response.get("UnprocessedItems") or {})
-                    if not pending:
-                        break
-                else:
-                    raise StoreUnavailableError("DynamoDB BatchWriteItem left items unprocessed")
-        except (ClientError, BotoCoreError) as exc:
-            raise self._unavailable("BatchWriteItem", exc) from exc
+        store = PolicyStore(self._client, self._table)
+        return store.apply(compiled, actor=actor, source=source, text=text)

@@ -95,3 +95,11 @@ def single_resource_properties(template: Mapping[str, Any], resource_type: str) 
         )
     (resource,) = resources.values()
     return dict(resource.get("Properties", {}))
+
+
+def resource_properties(template: Mapping[str, Any], logical_id: str) -> dict[str, Any]:
+    """Return the properties of the resource named `logical_id`."""
+    resource = template["Resources"].get(logical_id)
+    if not isinstance(resource, Mapping):
+        raise TemplateError(f"template.yaml defines no resource {logical_id}")
+    return dict(resource.get("Properties", {}))
