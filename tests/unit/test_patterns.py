@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from regauth import patterns
 from regauth.patterns import (
     MAX_NAME_LENGTH,
     compile_pattern,
@@ -187,9 +188,42 @@ def test_compile_pattern_is_cached() -> None:
     assert compile_pattern("cache/check/*") is compile_pattern("cache/check/*")
 
 
-def test_compile_pattern_escapes_literals() -> None:
-    # `.` must match only a dot, not any character as it would in a regular expression.
-    assert compile_pattern("team/a.b").pattern == "team/a\\.b"
+def test_compile_pattern_splits_segments() -> None:
+    assert compile_pattern("team/**/a*b") == ("team", "**", "a*b")
+
+
+def test_pattern_matches_dot_is_literal() -> None:
+    assert pattern_matches("team/a.b", "team/a.b") is True
+    assert pattern_matches("team/a.b", "team/axb") is False
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name"),
+    [
+        ("team/*-*-*-*-*-*-*-prod", "team/" + "a-" * 120 + "x"),
+        ("**/**/**/**/**/**/**/x", "/".join(["a"] * 60) + "/y"),
+        ("*a*a*a*a*a*a*a*a*b", "a" * 250),
+    ],
+    ids=["stars-in-segment", "many-double-stars", "star-runs"],
+)
+def test_pattern_matches_crafted_names(pattern: str, name: str) -> None:
+    # These inputs make a backtracking regular expression run for seconds to minutes.
+    assert pattern_matches(pattern, name) is False
+
+
+def test_pattern_matches_segment_comparisons_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+    original = patterns._segment_matches
+
+    def counting(pattern: str, segment: str) -> bool:
+        calls.append((pattern, segment))
+        return original(pattern, segment)
+
+    monkeypatch.setattr(patterns, "_segment_matches", counting)
+    name = "/".join(["a"] * 60) + "/y"
+    assert pattern_matches("**/b/**/b/**/x", name) is False
+    # One comparison per (literal pattern segment, name segment) pair at most.
+    assert len(calls) <= 3 * 61
 
 
 def test_pattern_matches_invalid_pattern_raises() -> None:

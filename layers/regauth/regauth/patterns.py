@@ -49,11 +49,6 @@ _PATH_SEGMENT = re.compile(r"[a-z0-9._*-]+")
 _HOST_SEGMENT = re.compile(r"[A-Za-z0-9.*-]+(?::[0-9*]+)?")
 _PATH_CHARACTER = re.compile(r"[a-z0-9._*-]")
 
-# One or more whole segments: the expansion of `**`.
-_ANY_SEGMENTS = r"[^/]+(?:/[^/]+)*"
-# Any characters within one segment: the expansion of `*`.
-_WITHIN_SEGMENT = r"[^/]*"
-
 _PATH_CHARACTERS_HINT = "lower-case letters, digits, '.', '_', '-', '/' and the wildcard '*'"
 
 NAME_PLACEHOLDER = "{name}"
@@ -166,8 +161,8 @@ def _character_error(pattern: str, segment: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """Compile a repository pattern to a regular expression for `re.fullmatch`.
+def compile_pattern(pattern: str) -> tuple[str, ...]:
+    """Validate a repository pattern and split it into its `/`-separated segments.
 
     Raises ValueError with the message of `validate_pattern` if the pattern is invalid,
     and if it still contains `{name}`, which must be substituted first.
@@ -177,15 +172,53 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         raise ValueError(error)
     if has_placeholder(pattern):
         raise ValueError(f"repository pattern {pattern!r} still contains {NAME_PLACEHOLDER}")
+    return tuple(pattern.split("/"))
 
-    expressions = []
-    for segment in pattern.split("/"):
-        if segment == "**":
-            expressions.append(_ANY_SEGMENTS)
+
+def _segment_matches(pattern: str, segment: str) -> bool:
+    """Match one segment against a glob whose only wildcard is `*`.
+
+    The classic two-pointer algorithm backtracks only to the most recent `*`, so it
+    runs in O(len(pattern) * len(segment)) time. A regular expression with several
+    `[^/]*` groups can take exponential time on a crafted name instead.
+    """
+    p = s = 0
+    star = -1
+    resume = 0
+    while s < len(segment):
+        if p < len(pattern) and pattern[p] != "*" and pattern[p] == segment[s]:
+            p += 1
+            s += 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, resume = p, s
+            p += 1
+        elif star != -1:
+            p = star + 1
+            resume += 1
+            s = resume
         else:
-            literals = (re.escape(literal) for literal in segment.split("*"))
-            expressions.append(_WITHIN_SEGMENT.join(literals))
-    return re.compile("/".join(expressions))
+            return False
+    return all(character == "*" for character in pattern[p:])
+
+
+def _segments_match(pattern: tuple[str, ...], name: tuple[str, ...]) -> bool:
+    """Match name segments against pattern segments, where `**` takes one or more.
+
+    `reachable[j]` is true when the pattern segments seen so far match the first `j`
+    name segments. Each pattern segment updates it in one pass, so the whole match
+    costs O(len(pattern) * len(name)) segment comparisons.
+    """
+    reachable = [True] + [False] * len(name)
+    for segment in pattern:
+        following = [False] * (len(name) + 1)
+        if segment == "**":
+            for j in range(1, len(name) + 1):
+                following[j] = following[j - 1] or reachable[j - 1]
+        else:
+            for j in range(1, len(name) + 1):
+                following[j] = reachable[j - 1] and _segment_matches(segment, name[j - 1])
+        reachable = following
+    return reachable[len(name)]
 
 
 def pattern_matches(pattern: str, name: str) -> bool:
@@ -194,7 +227,7 @@ def pattern_matches(pattern: str, name: str) -> bool:
     A name that is not a valid repository name matches no pattern. Raises ValueError
     if the pattern itself is invalid.
     """
-    expression = compile_pattern(pattern)
+    segments = compile_pattern(pattern)
     if not is_repository_name(name):
         return False
-    return expression.fullmatch(name) is not None
+    return _segments_match(segments, tuple(name.split("/")))
