@@ -16,7 +16,15 @@ from regauth.audit import MemoryAuditSink
 from regauth.passwords import hash_password
 from regauth.policy import compile_policy, load_policy
 from regauth.runtime import Runtime
-from tests.functional.conftest import SERVICE, TABLE, FakeClock, basic, body_of, get_event
+from tests.functional.conftest import (
+    SERVICE,
+    TABLE,
+    FakeClock,
+    basic,
+    body_of,
+    get_event,
+    post_event,
+)
 
 POLICY = """\
 users:
@@ -260,6 +268,27 @@ def test_disable_and_enable(admin: AdminService, runtime: Runtime) -> None:
     assert run(admin, action="disable", principal="user:alice")["result"]["disabled"] is True
     assert token_access(runtime, "alice", ALICE_PASSWORD, "repository:team/a:pull") == 401
     assert run(admin, action="enable", principal="user:alice")["result"]["disabled"] is False
+    assert token_access(runtime, "alice", ALICE_PASSWORD, "repository:team/a:pull") == []
+
+
+def test_disable_revokes_refresh_tokens(
+    admin: AdminService, runtime: Runtime, clock: FakeClock
+) -> None:
+    params = {"service": [SERVICE], "offline_token": ["true"], "client_id": ["docker"]}
+    login = token_app.handle(get_event(params, basic("alice", ALICE_PASSWORD)), runtime)
+    refresh_token = body_of(login)["refresh_token"]
+    run(admin, action="disable", principal="user:alice")
+    run(admin, action="enable", principal="user:alice")
+    clock.advance(2)
+
+    form = {
+        "grant_type": "refresh_token",
+        "service": SERVICE,
+        "client_id": "docker",
+        "refresh_token": refresh_token,
+    }
+    response = token_app.handle(post_event(form), runtime)
+    assert response["statusCode"] == 401
     assert token_access(runtime, "alice", ALICE_PASSWORD, "repository:team/a:pull") == []
 
 

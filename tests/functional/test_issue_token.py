@@ -254,6 +254,7 @@ def test_unknown_service_rejected(runtime: Runtime, users: Users, audit: MemoryA
 def test_missing_service_rejected(runtime: Runtime) -> None:
     response = app.handle(get_event({}), runtime)
     assert response["statusCode"] == 400
+    assert "'service' is required" in body_of(response)["errors"][0]["message"]
 
 
 def test_malformed_scope_rejected(runtime: Runtime, audit: MemoryAuditSink) -> None:
@@ -549,3 +550,84 @@ def test_audit_never_contains_secrets(
         assert secret not in serialized
     assert "Basic " not in serialized
     assert refresh_token.split(".")[2] not in serialized
+
+
+def test_attempt_counted_before_password_check(
+    runtime: Runtime, users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts_seen: list[int] = []
+
+    def observing(password_hash: str, password: str) -> bool:
+        stored = runtime.store.get_principal("user:bob")
+        assert stored is not None
+        counts_seen.append(stored.failed_logins)
+        return verify_password(password_hash, password)
+
+    monkeypatch.setattr(runtime.service._passwords, "_verifier", observing)
+    issue_get(runtime, [], basic("bob", "wrong-1"))
+    issue_get(runtime, [], basic("bob", "wrong-2"))
+    # Parallel guesses each see their own count because it is taken before hashing.
+    assert counts_seen == [1, 2]
+
+
+def test_attempts_over_limit_never_hashed(
+    runtime: Runtime, users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verified: list[str] = []
+
+    def counting(password_hash: str, password: str) -> bool:
+        verified.append(password)
+        return verify_password(password_hash, password)
+
+    monkeypatch.setattr(runtime.service._passwords, "_verifier", counting)
+    # Bypass the early check on the item read, as a burst of parallel requests
+    # that all read the old count would.
+    monkeypatch.setattr(runtime.service, "_check_lockout", lambda principal, now: None)
+    limit = runtime.settings.max_failed_logins
+    statuses = [issue_get(runtime, [], basic("bob", f"guess-{i}"))["statusCode"] for i in range(15)]
+    assert statuses == [401] * limit + [429] * (15 - limit)
+    assert len(verified) == limit
+
+
+def test_cached_login_writes_nothing(runtime: Runtime, users: Users) -> None:
+    auth = basic("alice", users.alice)
+    assert issue_get(runtime, [], auth)["statusCode"] == 200
+    calls = count_calls(runtime.clients.dynamodb)
+    assert issue_get(runtime, [], auth)["statusCode"] == 200
+    assert "UpdateItem" not in calls
+
+
+def test_overlong_username_not_looked_up(runtime: Runtime, audit: MemoryAuditSink) -> None:
+    calls = count_calls(runtime.clients.dynamodb)
+    response = issue_get(runtime, [], basic("a" * 3000, "whatever"))
+    assert response["statusCode"] == 401
+    assert calls == Counter()
+    failed = audit.events[-1]
+    assert failed.reason == "invalid_username"
+    assert failed.principal is not None
+    assert len(failed.principal) < 200
+
+
+def test_refresh_rejected_after_password_change(
+    runtime: Runtime, users: Users, password_hashes: dict[str, str], audit: MemoryAuditSink
+) -> None:
+    token = login(runtime, users)
+    changed = dict(password_hashes, alice=password_hashes["bob"])
+    apply_policy(runtime.store, policy_text(changed))
+    assert refresh(runtime, token)["statusCode"] == 401
+    assert audit.events[-1].reason == "refresh_token_credential_changed"
+
+
+def test_parser_crash_is_generic_500(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(event: Any) -> Any:
+        raise RuntimeError("parser internals")
+
+    monkeypatch.setattr(app, "parse_token_request", explode)
+    response = issue_get(runtime, [])
+    assert response["statusCode"] == 500
+    assert "parser internals" not in response["body"]
+
+
+def test_non_ascii_basic_header_is_401(runtime: Runtime) -> None:
+    response = issue_get(runtime, [], "Basic \xe9")
+    assert response["statusCode"] == 401

@@ -214,7 +214,8 @@ class AdminService:
         name = _field(payload, "principal")
         if name != ANONYMOUS and ":" not in name:
             raise InvalidAdminRequestError(
-                "principal", f"principal {name!r} must be 'user:NAME', 'host:NAME' or 'anonymous'"
+                "principal",
+                f"principal {name!r} must be 'user:NAME', 'host:NAME', 'role:NAME' or 'anonymous'",
             )
         principal = self._store.get_principal(name)
         if principal is None:
@@ -367,7 +368,14 @@ class AdminService:
         self, payload: Mapping[str, Any], actor: str, context: RequestContext
     ) -> dict[str, Any]:
         principal = self._principal(payload)
-        self._update(principal.name, "SET admin_disabled = :true", {":true": True})
+        # Disabling also revokes the principal's refresh tokens, so that enabling it
+        # again later does not bring back tokens issued before it was disabled.
+        not_before = int(self._clock()) + 1
+        self._update(
+            principal.name,
+            "SET admin_disabled = :true, refresh_not_before = :time",
+            {":true": True, ":time": not_before},
+        )
         return {"principal": principal.name, "disabled": True}
 
     def _enable(
@@ -458,6 +466,8 @@ def _principal_summary(principal: Principal) -> dict[str, Any]:
     }
     if principal.name.startswith("user:"):
         summary["has_password"] = bool(principal.password_hash)
+    if principal.arn_patterns:
+        summary["arn_patterns"] = list(principal.arn_patterns)
     if is_host(principal.name):
         summary["api_key_id"] = principal.api_key_id or None
         expires_at = principal.api_key_expires_at

@@ -96,17 +96,20 @@ class Principal:
     api_key_hash: str | None = field(default=None, repr=False)
     api_key_expires_at: int = 0
     api_key_id: str = ""
+    # A role's IAM principal ARN patterns, as the policy version defines them. A
+    # verified caller ARN must match one of them (see `regauth.iam.RoleMap`).
+    arn_patterns: tuple[str, ...] = ()
 
     @property
     def display_name(self) -> str:
         """The name as used in the JWT `sub` claim and in Basic auth.
 
-        Users keep their plain name. A host is `host/NAME`, which no user name can be,
-        because user names contain no `/`.
+        Users keep their plain name. A host is `host/NAME` and a role `role/NAME`, which
+        no user name can be, because user names contain no `/`.
         """
         kind, _, name = self.name.partition(":")
-        if kind == "host":
-            return f"host/{name}"
+        if kind in ("host", "role"):
+            return f"{kind}/{name}"
         return name or self.name
 
 
@@ -128,6 +131,10 @@ class RefreshTokenRecord:
     client_id: str
     issued_at: int
     expires_at: int
+    # Fingerprint of the credential the token was issued for (see
+    # `regauth.service.credential_fingerprint`). A changed password or API key, or a
+    # principal deleted and created again, no longer matches it.
+    credential: str = ""
 
 
 @dataclass(frozen=True, slots=True)

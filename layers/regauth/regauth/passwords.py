@@ -198,6 +198,16 @@ class VerifiedPasswordCache:
         self._store(username, password_hash, digest)
         return True
 
+    def is_cached(self, username: str, password_hash: str, password: str) -> bool:
+        """Return whether a cached success for this user, hash and password exists."""
+        if not password:
+            return False
+        try:
+            digest = self._digest(password)
+        except UnicodeEncodeError:
+            return False
+        return self._is_cached(username, password_hash, digest)
+
     def invalidate(self, username: str) -> None:
         """Forget the cached verification of one user."""
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable
@@ -28,12 +29,25 @@ from regauth.iam import IAM_USERNAME, IamVerifier, RoleMap, arn_pattern_matches,
 from regauth.models import ANONYMOUS, IssuedToken, Principal, RefreshTokenRecord, TokenRequest
 from regauth.passwords import VerifiedPasswordCache, hash_password, verify_password
 from regauth.policy import authorize_with_reasons
+from regauth.roles import RoleMapCache
 from regauth.signing import SigningKeyManager
 from regauth.stores import IdentityStore
 from regauth.tokens import new_claims, sign_token
 
 USER_PREFIX = "user:"
+# Longer user names are rejected before any table read.
+MAX_USERNAME_LENGTH = 128
 REFRESH_TOKEN_PREFIX = "rt1"  # noqa: S105 - a format marker, not a secret
+
+
+def credential_fingerprint(principal: Principal) -> str:
+    """Return a digest of the principal's current password hash or API key digest.
+
+    Refresh tokens are bound to it, so changing a password or rotating a key ends the
+    refresh tokens issued for the old one.
+    """
+    credential = principal.password_hash or principal.api_key_hash or ""
+    return hashlib.sha256(f"{principal.name}\n{credential}".encode()).hexdigest()
 
 
 def hash_refresh_token(token: str) -> str:
@@ -86,7 +100,7 @@ class TokenService:
         *,
         password_cache: VerifiedPasswordCache | None = None,
         iam: IamVerifier | None = None,
-        role_map: Callable[[], RoleMap] = RoleMap,
+        role_maps: RoleMapCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -97,7 +111,8 @@ class TokenService:
         self._clock = clock
         self._dummy_hash: str | None = None
         self._iam = iam
-        self._role_map = role_map
+        # Role maps are read from the store by policy version, see `regauth.roles`.
+        self._role_maps = role_maps
 
     def issue(self, request: TokenRequest, *, iam_caller_arn: str | None = None) -> IssuedToken:
         """Authenticate and authorize `request` and return a signed token.
@@ -145,6 +160,10 @@ class TokenService:
     def _issue(
         self, request: TokenRequest, context: RequestContext, iam_caller_arn: str | None = None
     ) -> IssuedToken:
+        if not request.service:
+            raise InvalidRequestError(
+                "parameter 'service' is required: it names the registry the token is for"
+            )
         if request.service not in self._settings.services:
             raise UnknownServiceError(
                 f"unknown service {request.service!r}: this token server issues tokens "
@@ -243,6 +262,15 @@ class TokenService:
             raise InvalidRequestError("account does not match the authenticated user name")
 
         assert claimed is not None  # noqa: S101 - username is not empty here
+        if len(username) > MAX_USERNAME_LENGTH or not username.isprintable():
+            # No principal can have such a name, and DynamoDB rejects keys over 2 KB,
+            # so the table is not asked. The audit record keeps a bounded prefix.
+            verify_password(self._dummy_password_hash(), credentials.password)
+            raise InvalidCredentialsError(
+                "invalid username or password",
+                reason="invalid_username",
+                principal=claimed[: MAX_USERNAME_LENGTH + 5].encode("unicode_escape").decode(),
+            )
         principal = self._store.get_principal(claimed)
         now = int(self._clock())
         if principal is None:
@@ -258,28 +286,54 @@ class TokenService:
 
         self._check_lockout(principal, now)
         if principal.disabled:
+            # Hash anyway, as for unknown names, so a disabled account cannot be told
+            # apart by its faster response.
+            verify_password(self._dummy_password_hash(), credentials.password)
             raise InvalidCredentialsError(
                 "invalid username or password", reason="principal_disabled", principal=claimed
             )
-        failure = self._check_secret(principal, credentials.password, now)
+
+        if is_host(principal.name):
+            failure = check_api_key(principal, credentials.password, now)
+            if failure is not None:
+                self._store.record_failed_login(principal.name, now, self._settings.lockout_seconds)
+        else:
+            failure = self._check_password(principal, credentials.password, now)
         if failure is not None:
-            self._store.record_failed_login(principal.name, now, self._settings.lockout_seconds)
             raise InvalidCredentialsError(
                 "invalid username or password", reason=failure, principal=claimed
             )
-
-        if principal.failed_logins:
-            self._store.reset_failed_logins(principal.name)
         return principal
 
-    def _check_secret(self, principal: Principal, secret: str, now: int) -> str | None:
-        """Check a password or a host's API key; return the audit reason of a failure."""
-        if is_host(principal.name):
-            return check_api_key(principal, secret, now)
-        if not principal.password_hash or not self._passwords.verify(
-            principal.name, principal.password_hash, secret
-        ):
+    def _check_password(self, principal: Principal, password: str, now: int) -> str | None:
+        """Check a user's password; return the audit reason of a failure.
+
+        A password verified recently comes from the cache and costs no write. Any
+        other attempt is counted in the table before Argon2id runs, so parallel
+        guesses are counted one by one and those over the limit are never checked.
+        """
+        password_hash = principal.password_hash or ""
+        if password_hash and self._passwords.is_cached(principal.name, password_hash, password):
+            if principal.failed_logins:
+                self._store.reset_failed_logins(principal.name)
+            return None
+
+        attempts, window_start = self._store.reserve_login_attempt(
+            principal.name, now, self._settings.lockout_seconds
+        )
+        if attempts > self._settings.max_failed_logins:
+            raise TooManyRequestsError(
+                "too many failed logins, try again later",
+                retry_after=max(window_start + self._settings.lockout_seconds - now, 1),
+                principal=principal.name,
+            )
+        if not password_hash:
+            verify_password(self._dummy_password_hash(), password)
+            return "no_password_set"
+        if not self._passwords.verify(principal.name, password_hash, password):
             return "wrong_password"
+
+        self._store.reset_failed_logins(principal.name)
         return None
 
     def _authenticate_iam(self, request: TokenRequest) -> tuple[Principal, str]:
@@ -299,9 +353,34 @@ class TokenService:
         return self._principal_for_arn(identity.arn), identity.caller_arn
 
     def _principal_for_arn(self, arn: str) -> Principal:
-        name = self._role_map().resolve(arn)
-        principal = self._store.get_principal(name)
-        if principal is None or not self._role_map_current(principal, arn):
+        """Map a verified IAM ARN to its role or user principal under the active policy.
+
+        The cached role map is checked against the version that the principal read
+        returns, so a steady-state request makes no extra read. When the versions
+        differ, the map of the active version is loaded and the lookup retried once,
+        so a role removed by an apply stops working with the next request.
+        """
+        role_maps = self._role_map_cache()
+        current = role_maps.latest()
+        name = self._resolve_role(current.role_map, arn)
+        if name is None:
+            # A newer version may map the ARN, so check before rejecting. This read
+            # happens only for ARNs the cached map does not know.
+            current = role_maps.refresh()
+            name = current.role_map.resolve(arn)
+
+        principal, version = self._store.get_principal_with_version(name)
+        if version != current.version:
+            current = role_maps.for_version(version)
+            name = current.role_map.resolve(arn)
+            principal, version = self._store.get_principal_with_version(name)
+            if version != current.version:
+                # Two applies within one request: fail closed, the client may retry.
+                raise InvalidCredentialsError(
+                    "invalid username or password", reason="policy_changed", principal=name
+                )
+
+        if principal is None or not _arn_matches_principal(principal, arn):
             raise InvalidCredentialsError(
                 "invalid username or password", reason="unknown_principal", principal=name
             )
@@ -311,14 +390,20 @@ class TokenService:
             )
         return principal
 
+    def _role_map_cache(self) -> RoleMapCache:
+        if self._role_maps is None:
+            self._role_maps = RoleMapCache(self._store)
+        return self._role_maps
+
     @staticmethod
-    def _role_map_current(principal: Principal, arn: str) -> bool:
-        patterns = getattr(principal, "arn_patterns", None)
-        # NOTE: principals carry no ARN patterns until the policy's `roles` section is
-        # stored with them, so until then the role map alone decides.
-        if patterns is None:
-            return True
-        return any(arn_pattern_matches(pattern, arn) for pattern in patterns)
+    def _resolve_role(role_map: RoleMap, arn: str) -> str | None:
+        """Resolve `arn`, or return None when the map has no role for it."""
+        try:
+            return role_map.resolve(arn)
+        except InvalidCredentialsError as exc:
+            if exc.reason == "unmapped_iam_principal":
+                return None
+            raise
 
     def _check_lockout(self, principal: Principal, now: int) -> None:
         window_end = principal.failed_window_start + self._settings.lockout_seconds
@@ -359,6 +444,8 @@ class TokenService:
             raise reject("principal_disabled")
         if record.issued_at < principal.refresh_not_before:
             raise reject("refresh_token_revoked")
+        if not hmac.compare_digest(record.credential, credential_fingerprint(principal)):
+            raise reject("refresh_token_credential_changed")
         return principal
 
     def _new_refresh_token(
@@ -372,6 +459,7 @@ class TokenService:
             client_id=request.client_id,
             issued_at=issued_at,
             expires_at=issued_at + self._settings.refresh_ttl,
+            credential=credential_fingerprint(principal),
         )
         self._store.put_refresh_token(record)
         self._audit.emit(
@@ -429,6 +517,15 @@ class TokenService:
                 details={"message": str(exc), "client_id": request.client_id},
             )
         )
+
+
+def _arn_matches_principal(principal: Principal, arn: str) -> bool:
+    """Return whether the principal, as its policy version defines it, admits `arn`.
+
+    The role map and the principal come from the same version, so this holds unless
+    the stored items disagree. It is checked anyway, because it is what decides.
+    """
+    return any(arn_pattern_matches(pattern, arn) for pattern in principal.arn_patterns)
 
 
 def _auth_method_of(request: TokenRequest) -> str:

@@ -12,6 +12,9 @@ Everything lives in one table with a string partition key `pk`:
   (`regauth.policy_store`). JSON text instead of nested DynamoDB maps keeps the item
   cheap to read and write, both for DynamoDB and for the JSON parsing in a request.
 - `policy#current`: the number (`seq`) and content hash of the active version.
+- `policy#version#<n>`: besides the version's source and metadata, its role map in
+  `roles` (JSON text: role principal name to ARN patterns), which IAM sign-in caches
+  in memory by version number (`regauth.roles`).
 - `policy#version#<n>`, `policy#history`, `policy#sequence`, `policy#lock`: the
   versions' sources and metadata, see `regauth.policy_store`.
 - `refresh#<sha256 hex>`: a `RefreshTokenRecord`; `expires_at` is the table's TTL
@@ -34,6 +37,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from regauth.errors import StoreUnavailableError
+from regauth.iam import RoleMap
 from regauth.models import Grant, Principal, RefreshTokenRecord
 
 if TYPE_CHECKING:
@@ -49,6 +53,7 @@ GRANTS_PREFIX = "grants#"
 REFRESH_PREFIX = "refresh#"
 ROOT_CERTIFICATE_PREFIX = "root-certificate#"
 POLICY_CURRENT_KEY = "policy#current"
+POLICY_VERSION_PREFIX = "policy#version#"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -59,6 +64,12 @@ class IdentityStore(Protocol):
 
     def get_principal(self, name: str) -> Principal | None: ...
 
+    def get_principal_with_version(self, name: str) -> tuple[Principal | None, int | None]: ...
+
+    def get_policy_seq(self) -> int | None: ...
+
+    def get_role_map(self, version: int) -> RoleMap: ...
+
     def get_principal_and_refresh_token(
         self, name: str, token_hash: str
     ) -> tuple[Principal | None, RefreshTokenRecord | None]: ...
@@ -66,6 +77,8 @@ class IdentityStore(Protocol):
     def put_refresh_token(self, record: RefreshTokenRecord) -> None: ...
 
     def record_failed_login(self, name: str, now: int, window: int) -> None: ...
+
+    def reserve_login_attempt(self, name: str, now: int, window: int) -> tuple[int, int]: ...
 
     def reset_failed_logins(self, name: str) -> None: ...
 
@@ -121,6 +134,8 @@ def version_entry(principal: Principal) -> dict[str, Any]:
     }
     if principal.password_hash:
         entry["password_hash"] = principal.password_hash
+    if principal.arn_patterns:
+        entry["arn_patterns"] = list(principal.arn_patterns)
     return entry
 
 
@@ -165,6 +180,26 @@ def principal_from_items(
         api_key_hash=state.get("api_key_hash"),
         api_key_expires_at=int(state.get("api_key_expires_at", 0)),
         api_key_id=str(state.get("api_key_id", "")),
+        arn_patterns=tuple(str(pattern) for pattern in entry.get("arn_patterns", ())),
+    )
+
+
+def encode_role_map(role_map: RoleMap) -> str:
+    """Encode a role map as the JSON text stored in a `policy#version#<n>` item."""
+    return json.dumps(
+        [[name, list(patterns)] for name, patterns in role_map.roles], separators=(",", ":")
+    )
+
+
+def decode_role_map(text: str | None) -> RoleMap:
+    """Decode `encode_role_map` text. A version stored before roles existed has none."""
+    if not text:
+        return RoleMap()
+    entries = json.loads(text)
+    return RoleMap(
+        tuple(
+            (str(name), tuple(str(pattern) for pattern in patterns)) for name, patterns in entries
+        )
     )
 
 
@@ -176,7 +211,12 @@ def _refresh_from_item(item: Mapping[str, Any]) -> RefreshTokenRecord:
         client_id=str(item["client_id"]),
         issued_at=int(item["issued_at"]),
         expires_at=int(item["expires_at"]),
+        credential=str(item.get("credential", "")),
     )
+
+
+def _attempt_count(attributes: Mapping[str, Any]) -> tuple[int, int]:
+    return int(attributes["failed_logins"]["N"]), int(attributes["failed_window_start"]["N"])
 
 
 class DynamoStore:
@@ -246,8 +286,29 @@ class DynamoStore:
 
     def get_principal(self, name: str) -> Principal | None:
         """Read a principal as the active policy version defines it, in one round trip."""
+        return self.get_principal_with_version(name)[0]
+
+    def get_principal_with_version(self, name: str) -> tuple[Principal | None, int | None]:
+        """Read a principal and the active version number (None before any apply) at once.
+
+        The number is returned even when that version has no such principal, so IAM
+        sign-in can tell a removed role from a stale role map without another read.
+        """
         keys = [POLICY_CURRENT_KEY, PRINCIPAL_PREFIX + name, GRANTS_PREFIX + name]
-        return self._principal_of(name, self._batch_get(keys))
+        items = self._batch_get(keys)
+        pointer = items.get(POLICY_CURRENT_KEY)
+        version = int(pointer["seq"]) if pointer is not None else None
+        return self._principal_of(name, items), version
+
+    def get_policy_seq(self) -> int | None:
+        """Return the active policy version number, or None before the first apply."""
+        item = self._get(POLICY_CURRENT_KEY, consistent=True)
+        return int(item["seq"]) if item else None
+
+    def get_role_map(self, version: int) -> RoleMap:
+        """Return the role map stored with policy version `version` (empty if it has none)."""
+        item = self._get(POLICY_VERSION_PREFIX + str(version), consistent=True)
+        return decode_role_map(str(item["roles"]) if item and "roles" in item else None)
 
     def get_principal_and_refresh_token(
         self, name: str, token_hash: str
@@ -268,6 +329,7 @@ class DynamoStore:
             "client_id": record.client_id,
             "issued_at": record.issued_at,
             "expires_at": record.expires_at,
+            "credential": record.credential,
         }
         try:
             self._client.put_item(TableName=self._table, Item=_serialize(item))
@@ -275,40 +337,68 @@ class DynamoStore:
             raise self._unavailable("PutItem", exc) from exc
 
     def record_failed_login(self, name: str, now: int, window: int) -> None:
-        """Count a failed login, starting a new window when the old one has passed.
+        """Count a failed login (see `reserve_login_attempt`)."""
+        self.reserve_login_attempt(name, now, window)
 
-        The condition makes the update a no-op for names that are not principals,
-        so guessing user names cannot fill the table.
+    def reserve_login_attempt(self, name: str, now: int, window: int) -> tuple[int, int]:
+        """Count a login attempt atomically; return the count and its window's start.
+
+        The count is taken before the password is checked, so concurrent guesses
+        cannot all read the same old count and pass the limit together. A success
+        resets it. A new window starts when the old one has passed, and that write is
+        conditional too, so two requests cannot both restart it and lose a count.
+        The `attribute_exists(pk)` condition makes this a no-op for names that are
+        not principals, so guessing user names cannot fill the table. It then returns
+        `(0, 0)`.
         """
         key = {"pk": {"S": PRINCIPAL_PREFIX + name}}
+        start = {"N": str(now - window)}
         try:
-            try:
-                self._client.update_item(
-                    TableName=self._table,
-                    Key=key,
-                    UpdateExpression="ADD failed_logins :one",
-                    ConditionExpression="attribute_exists(pk) AND failed_window_start > :start",
-                    ExpressionAttributeValues={
-                        ":one": {"N": "1"},
-                        ":start": {"N": str(now - window)},
-                    },
-                )
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise
-                self._client.update_item(
-                    TableName=self._table,
-                    Key=key,
-                    UpdateExpression="SET failed_logins = :one, failed_window_start = :now",
-                    ConditionExpression="attribute_exists(pk)",
-                    ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}},
-                )
+            for _attempt in range(3):
+                try:
+                    response = self._client.update_item(
+                        TableName=self._table,
+                        Key=key,
+                        UpdateExpression="ADD failed_logins :one",
+                        ConditionExpression=(
+                            "attribute_exists(pk) AND failed_window_start > :start"
+                        ),
+                        ExpressionAttributeValues={":one": {"N": "1"}, ":start": start},
+                        ReturnValues="ALL_NEW",
+                    )
+                    return _attempt_count(response["Attributes"])
+                except ClientError as exc:
+                    if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                        raise
+                try:
+                    response = self._client.update_item(
+                        TableName=self._table,
+                        Key=key,
+                        UpdateExpression="SET failed_logins = :one, failed_window_start = :now",
+                        ConditionExpression=(
+                            "attribute_exists(pk) AND (attribute_not_exists(failed_window_start)"
+                            " OR failed_window_start <= :start)"
+                        ),
+                        ExpressionAttributeValues={
+                            ":one": {"N": "1"},
+                            ":now": {"N": str(now)},
+                            ":start": start,
+                        },
+                        ReturnValues="ALL_NEW",
+                    )
+                    return _attempt_count(response["Attributes"])
+                except ClientError as exc:
+                    if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                        raise
+                # Either the principal does not exist, or another request started a
+                # new window between the two writes. Only a read tells which.
+                if self._get(PRINCIPAL_PREFIX + name, consistent=True) is None:
+                    return 0, 0
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return
             raise self._unavailable("UpdateItem", exc) from exc
         except BotoCoreError as exc:
             raise self._unavailable("UpdateItem", exc) from exc
+        raise StoreUnavailableError("DynamoDB UpdateItem kept conflicting on the login counter")
 
     def reset_failed_logins(self, name: str) -> None:
         try:
