@@ -36,6 +36,10 @@ HOST = "127.0.0.1"
 BUILDER_HOST = "builder"
 SERVICE = "registry.test"
 ISSUER = "regauth-e2e"
+# moto's default account, in which the IAM tests create their roles.
+MOTO_ACCOUNT = "123456789012"
+# The policy's IAM role: roles named `partner-ci-*` in moto may push `partners/**`.
+PARTNER_ROLE_PATTERN = f"arn:aws:iam::{MOTO_ACCOUNT}:role/partner-ci-*"
 
 REGAUTH_READY_TIMEOUT = 60.0
 REGISTRY_READY_TIMEOUT = 30.0
@@ -408,7 +412,21 @@ def policy_file(users: Users, tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
         # The host gets its API key from `regauth admin create_host_key` during a test.
         "hosts": [{"name": BUILDER_HOST, "description": "a CI runner that pushes builds"}],
+        # Partner CI signs in with the user name aws-iam and an IAM proof.
+        "roles": [
+            {
+                "name": "partner-ci",
+                "description": "a partner's CI role in the embedded moto account",
+                "arns": [PARTNER_ROLE_PATTERN],
+            }
+        ],
         "grants": [
+            {
+                "id": "partner-push",
+                "to": "role:partner-ci",
+                "repositories": ["partners/**"],
+                "actions": ["pull", "push"],
+            },
             {
                 "id": "builder-push",
                 "to": f"host:{BUILDER_HOST}",

@@ -10,27 +10,79 @@ from typing import Any
 import jwt
 import pytest
 
+from functions.admin.app import handle as handle_admin
 from functions.iam_token.app import handle as handle_iam_token
 from functions.issue_token.app import handle as handle_token
+from regauth.admin import AdminService
 from regauth.audit import MemoryAuditSink
 from regauth.config import Settings
-from regauth.iam import SERVER_ID_HEADER, RoleMap
-from regauth.models import Grant, Principal
-from regauth.policy import CompiledPolicy
+from regauth.iam import SERVER_ID_HEADER
+from regauth.policy import compile_policy, load_policy
+from regauth.policy_store import PolicyStore
 from regauth.runtime import Runtime, build_runtime, make_clients
-from regauth.stores import DynamoStore
 from tests.functional.conftest import EVENTS, SERVICE, TABLE
 from tests.iam_fakes import (
     ACCOUNT,
     ROLE_SESSION_ARN,
     SERVER_ID,
+    USER_ARN,
     FakeSts,
     make_proof,
     role_credentials,
     tamper,
+    user_credentials,
 )
 
-ROLES = RoleMap((("role:ci", (f"arn:aws:iam::{ACCOUNT}:role/ci-*",)),))
+POLICY = f"""
+roles:
+  - name: ci
+    description: Partner CI roles
+    arns: ["arn:aws:iam::{ACCOUNT}:role/ci-*"]
+  - name: robot
+    arns: ["arn:aws:iam::{ACCOUNT}:user/deploy/*"]
+groups:
+  - name: partners
+    members: [role:ci]
+grants:
+  - id: partner-pull
+    to: group:partners
+    repositories: ["partner/*"]
+    actions: [pull]
+  - id: robot-push
+    to: role:robot
+    repositories: ["partner/*"]
+    actions: [pull, push]
+"""
+
+# The same policy without the `ci` role and its group membership.
+POLICY_WITHOUT_CI = f"""
+roles:
+  - name: robot
+    arns: ["arn:aws:iam::{ACCOUNT}:user/deploy/*"]
+grants:
+  - id: robot-push
+    to: role:robot
+    repositories: ["partner/*"]
+    actions: [pull, push]
+"""
+
+
+def apply(text: str) -> None:
+    PolicyStore(make_clients().dynamodb, TABLE).apply(compile_policy(load_policy(text)))
+
+
+class CountingDynamo:
+    """A DynamoDB client wrapper that counts calls by operation name."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if callable(attribute):
+            self.calls.append(name)
+        return attribute
 
 
 @pytest.fixture
@@ -50,13 +102,16 @@ def runtime(settings: Settings, sts: FakeSts) -> Runtime:
         iam_server_id=SERVER_ID,
     )
     clients = make_clients()
-    grant = Grant("repository", "partner/*", frozenset({"pull"}), "partner-pull")
-    DynamoStore(clients.dynamodb, TABLE).apply_policy(
-        CompiledPolicy(version="v1", principals=(Principal("role:ci", (grant,)),))
-    )
-    return build_runtime(
-        iam_settings, clients, audit=MemoryAuditSink(), sts_transport=sts, role_map=lambda: ROLES
-    )
+    apply(POLICY)
+    counting = CountingDynamo(clients.dynamodb)
+    clients = type(clients)(dynamodb=counting, kms=clients.kms)  # type: ignore[arg-type]
+    return build_runtime(iam_settings, clients, audit=MemoryAuditSink(), sts_transport=sts)
+
+
+def dynamo_calls(runtime: Runtime) -> list[str]:
+    client = runtime.clients.dynamodb
+    assert isinstance(client, CountingDynamo)
+    return client.calls
 
 
 def token_event(password: str) -> dict[str, Any]:
@@ -126,3 +181,82 @@ def test_iam_route_unmapped_arn(runtime: Runtime) -> None:
     event = json.loads((EVENTS / "iam_token.json").read_text())
     event["requestContext"]["identity"]["userArn"] = f"arn:aws:iam::{ACCOUNT}:user/other"
     assert handle_iam_token(event, runtime)["statusCode"] == 401
+
+
+def test_iam_token_subject_is_role(runtime: Runtime) -> None:
+    token = json.loads(handle_token(token_event(make_proof()), runtime)["body"])["token"]
+    assert jwt.decode(token, options={"verify_signature": False})["sub"] == "role/ci"
+
+
+def test_iam_user_maps_to_role(runtime: Runtime, sts: FakeSts) -> None:
+    sts.add(user_credentials(), USER_ARN)
+    response = handle_token(token_event(make_proof(user_credentials())), runtime)
+    assert access_of(response) == [
+        {"type": "repository", "name": "partner/app", "actions": ["pull", "push"]}
+    ]
+
+
+def test_iam_steady_state_one_read(runtime: Runtime) -> None:
+    handle_token(token_event(make_proof()), runtime)
+    calls = dynamo_calls(runtime)
+    calls.clear()
+    handle_token(token_event(make_proof()), runtime)
+    assert calls == ["batch_get_item"]
+
+
+def test_iam_removed_role_rejected(runtime: Runtime) -> None:
+    assert handle_token(token_event(make_proof()), runtime)["statusCode"] == 200
+    apply(POLICY_WITHOUT_CI)
+    assert handle_token(token_event(make_proof()), runtime)["statusCode"] == 401
+
+
+def test_iam_removed_role_audit_reason(runtime: Runtime) -> None:
+    handle_token(token_event(make_proof()), runtime)
+    apply(POLICY_WITHOUT_CI)
+    handle_token(token_event(make_proof()), runtime)
+    audit = runtime.audit
+    assert isinstance(audit, MemoryAuditSink)
+    assert audit.events[-1].reason == "unmapped_iam_principal"
+
+
+def test_iam_added_role_admitted(runtime: Runtime) -> None:
+    apply(POLICY_WITHOUT_CI)
+    assert handle_token(token_event(make_proof()), runtime)["statusCode"] == 401
+    apply(POLICY)
+    assert handle_token(token_event(make_proof()), runtime)["statusCode"] == 200
+
+
+def test_iam_route_removed_role_rejected(runtime: Runtime) -> None:
+    event = json.loads((EVENTS / "iam_token.json").read_text())
+    assert handle_iam_token(event, runtime)["statusCode"] == 200
+    apply(POLICY_WITHOUT_CI)
+    assert handle_iam_token(event, runtime)["statusCode"] == 401
+
+
+def test_iam_rollback_restores_role(runtime: Runtime) -> None:
+    apply(POLICY_WITHOUT_CI)
+    assert handle_token(token_event(make_proof()), runtime)["statusCode"] == 401
+    PolicyStore(make_clients().dynamodb, TABLE).rollback(1)
+    assert handle_token(token_event(make_proof()), runtime)["statusCode"] == 200
+
+
+def admin_result(runtime: Runtime, **payload: Any) -> dict[str, Any]:
+    admin = AdminService(runtime.clients.dynamodb, TABLE, MemoryAuditSink())
+    response = handle_admin(payload, admin, "request-1")
+    assert response["ok"] is True, response
+    result: dict[str, Any] = response["result"]
+    return result
+
+
+def test_admin_lists_role_patterns(runtime: Runtime) -> None:
+    principals = admin_result(runtime, action="list_principals")["principals"]
+    role = next(entry for entry in principals if entry["name"] == "role:ci")
+    assert role["arn_patterns"] == [f"arn:aws:iam::{ACCOUNT}:role/ci-*"]
+
+
+def test_admin_explains_role(runtime: Runtime) -> None:
+    result = admin_result(
+        runtime, action="explain", principal="role:ci", scope="repository:partner/app:push"
+    )
+    (decision,) = result["decisions"]
+    assert decision["granted"] is False

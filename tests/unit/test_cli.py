@@ -67,3 +67,32 @@ def test_apply_policy_invalid_file_changes_nothing(tmp_path: Path) -> None:
     result = run_cli("apply-policy", str(policy), "--table", "absent")
     assert result.returncode == 1
     assert f"{policy}:2:" in result.stderr
+
+
+def test_serve_port_in_use_keeps_bundle(tmp_path: Path) -> None:
+    import socket
+
+    bundle = tmp_path / "root-certificates.pem"
+    bundle.write_text("existing bundle\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), "--state-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert bundle.read_text() == "existing bundle\n"
+
+
+def test_validate_policy_missing_file(tmp_path: Path) -> None:
+    result = run_cli("validate-policy", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert "cannot read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hash_password_end_of_input() -> None:
+    result = run_cli("hash-password", stdin="")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr

@@ -228,7 +228,8 @@ def test_example_hashes_match_passwords() -> None:
 def test_load_policy_unknown_top_level_key() -> None:
     problem = only_problem("users: []\nuser: []\n")
     assert problem == PolicyProblem(
-        "unknown key 'user' in the policy (allowed: version, users, hosts, groups, grants, denies)",
+        "unknown key 'user' in the policy "
+        "(allowed: version, users, hosts, roles, groups, grants, denies)",
         2,
         1,
         "test.yaml",
@@ -528,7 +529,8 @@ def test_load_policy_invalid_member() -> None:
         "users:\n  - name: alice\ngroups:\n  - name: dev\n    members: [alice]\n"
     )
     assert problem.message == (
-        "groups[0].members[0]: invalid member 'alice': use 'user:NAME', 'host:NAME' or 'group:NAME'"
+        "groups[0].members[0]: invalid member 'alice': "
+        "use 'user:NAME', 'host:NAME', 'role:NAME' or 'group:NAME'"
     )
 
 
@@ -613,7 +615,7 @@ GRANT_PROBLEMS = [
     (
         "  - to: alice\n    repositories: [a]\n    actions: [pull]\n",
         "grants[0].to: invalid target 'alice': "
-        "use 'user:NAME', 'host:NAME', 'group:NAME' or 'anonymous'",
+        "use 'user:NAME', 'host:NAME', 'role:NAME', 'group:NAME' or 'anonymous'",
         2,
         9,
     ),
@@ -1124,7 +1126,7 @@ EXAMPLE_CASES = [
     ExampleCase(
         "user:alice", "repository", "team/app/web", ("pull", "push", "delete"), ("pull", "push")
     ),
-    ExampleCase("user:alice", "repository", "public/base", ("pull", "push"), ("pull",)),
+    ExampleCase("user:alice", "repository", "public/base", ("pull", "push"), ("pull", "push")),
     ExampleCase("user:bob", "repository", "team/app", ("pull", "push"), ("pull",)),
     ExampleCase("user:carol", "repository", "team/app", ("pull",), ()),
     ExampleCase("user:carol", "repository", "public/base", ("pull",), ("pull",)),

@@ -22,7 +22,12 @@ def template() -> dict:
 
 def test_routes_match_handlers(template: dict) -> None:
     routes = {(r.method, r.path): r for r in api_routes(template, ROOT)}
-    assert set(routes) == {("GET", "/token"), ("POST", "/token"), ("GET", "/certificates")}
+    assert set(routes) == {
+        ("GET", "/token"),
+        ("POST", "/token"),
+        ("GET", "/certificates"),
+        ("POST", "/iam/token"),
+    }
     for route in routes.values():
         assert (route.code_dir / f"{route.module}.py").is_file()
         assert route.handler == "lambda_handler"

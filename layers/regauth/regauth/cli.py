@@ -39,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=5001, help="port to listen on (5001)")
     serve.add_argument(
-        "--policy", type=Path, default=Path("examples/policy.yaml"), help="policy file to apply"
+        "--policy",
+        type=Path,
+        default=Path("examples/policy.yaml"),
+        help="policy file to apply at start (examples/policy.yaml, relative to the current "
+        "directory)",
     )
     serve.add_argument(
         "--state-dir",
@@ -58,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--template", type=Path, default=None, help="SAM template to read routes from"
+    )
+    serve.add_argument(
+        "--iam-server-id",
+        default="",
+        help="server id that aws-iam sign-in proofs must sign, usually the registry host "
+        "as in `regauth login-password --registry HOST` (the first --service)",
     )
 
     commands.add_parser(
@@ -89,14 +99,18 @@ def _parser() -> argparse.ArgumentParser:
 def _hash_password() -> int:
     from regauth.passwords import hash_password
 
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Repeat: ") != password:
-            print("regauth: passwords do not match", file=sys.stderr)
-            return 1
-    else:
-        # Only the line terminator is removed, so passwords may start or end with spaces.
-        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    try:
+        if sys.stdin.isatty():
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Repeat: ") != password:
+                print("regauth: passwords do not match", file=sys.stderr)
+                return 1
+        else:
+            # Only the line terminator is removed, so passwords may start or end with spaces.
+            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    except (EOFError, KeyboardInterrupt):
+        print("\nregauth: no password entered", file=sys.stderr)
+        return 1
     if not password:
         print("regauth: the password is empty", file=sys.stderr)
         return 1
@@ -112,12 +126,18 @@ def _validate_policy(path: Path) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"{path}: valid, version {compiled.version[:12]}, {len(compiled.principals)} principals")
+    except OSError as exc:
+        print(f"regauth: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    count = len(compiled.principals)
+    noun = "principal" if count == 1 else "principals"
+    print(f"{path}: valid, version {compiled.version[:12]}, {count} {noun}")
     return 0
 
 
 def _apply_policy(path: Path, table: str) -> int:
     import boto3
+    from botocore.exceptions import NoCredentialsError, NoRegionError
 
     from regauth.errors import RegauthError
     from regauth.policy import compile_policy, load_policy
@@ -131,6 +151,12 @@ def _apply_policy(path: Path, table: str) -> int:
         return 1
     except RegauthError as exc:
         print(f"regauth: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"regauth: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except (NoRegionError, NoCredentialsError) as exc:
+        print(f"regauth: {exc}: set AWS_REGION and AWS credentials first", file=sys.stderr)
         return 1
     print(f"{path}: applied version {compiled.version[:12]} to {table}")
     return 0
@@ -153,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     if args.command == "apply-policy":
         return _apply_policy(args.policy, args.table)
 
-    from regauth.local import ServeOptions, serve
+    from regauth.local import ServeError, ServeOptions, serve
 
     options = ServeOptions(
         host=args.host,
@@ -164,13 +190,21 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         issuer=args.issuer,
         template=args.template or _default_template(),
         token_ttl=args.token_ttl,
+        iam_server_id=args.iam_server_id,
     )
+    if not options.policy.is_file():
+        print(
+            f"regauth: policy file not found: {options.policy} "
+            "(pass --policy FILE, or run from the checkout to use examples/policy.yaml)",
+            file=sys.stderr,
+        )
+        return 1
     try:
         serve(options, ready=lambda text: print(text, flush=True))
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (ServeError, OSError) as exc:
         print(f"regauth: {exc}", file=sys.stderr)
         return 1
     return 0

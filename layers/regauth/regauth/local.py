@@ -10,6 +10,7 @@ request ever leaves the machine.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import importlib.util
 import json
@@ -65,6 +66,8 @@ class ServeOptions:
     issuer: str
     template: Path
     token_ttl: int = 300
+    # The value IAM proofs must sign as their server id. Empty means the first service.
+    iam_server_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,16 @@ class LocalGateway:
             return status, {"Content-Type": "application/json"}, _json({"message": message})
 
         route, handler = entry
+        if route.authorizer:
+            # API Gateway would verify a SigV4 signature (AWS_IAM) before invoking the
+            # handler. The local server cannot, so it rejects instead of skipping it.
+            message = (
+                f"{method} {path} requires API Gateway's {route.authorizer} authorization, "
+                "which regauth serve does not provide: sign in at /token with the user "
+                "name aws-iam and a password from `regauth login-password`"
+            )
+            return 501, {"Content-Type": "application/json"}, _json({"message": message})
+
         event = build_event(method, raw_path, headers, body, source_ip=ip, resource=route.path)
         context = LocalContext(
             aws_request_id=event["requestContext"]["requestId"], function_name=route.function
@@ -346,12 +359,15 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
     # Validate the policy before anything starts, so a typo fails fast.
     load_policy(options.policy.read_text(encoding="utf-8"), source=str(options.policy))
 
+    # The port is taken first, so a second server started by mistake fails before it
+    # creates a new root key and overwrites the bundle the registry trusts.
+    http_server = bind_http_server(options.host, options.port)
+
     # moto's server logs every AWS call as a plain-text access line through
     # werkzeug. The handlers already log what matters as JSON.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     moto_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto_server.start()
-    http_server: ThreadingHTTPServer | None = None
     audit_sink: ArchivingAuditSink | None = None
     try:
         moto_host, moto_port = moto_server.get_host_and_port()
@@ -371,6 +387,11 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
                 "REGAUTH_ISSUER": options.issuer,
                 "REGAUTH_TOKEN_TTL": str(options.token_ttl),
                 "POWERTOOLS_SERVICE_NAME": "regauth",
+                # IAM proofs go to the embedded moto server, whose STS returns the caller of
+                # GetCallerIdentity for the roles and users created in it. moto does
+                # not check signatures, but regauth's own checks all still apply.
+                "REGAUTH_IAM_SERVER_ID": options.iam_server_id or options.services[0],
+                "REGAUTH_IAM_STS_ENDPOINT": f"http://{moto_host}:{moto_port}/",
             }
         )
         version = apply_policy_file(options.policy, table_name)
@@ -389,12 +410,13 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
         if status != 200:
             raise RuntimeError(f"could not create the root certificate (HTTP {status})")
         bundle = options.state_dir.resolve() / "root-certificates.pem"
-        bundle.write_bytes(pem)
+        # Written to a temporary file and renamed, so a registry starting now reads
+        # either the old bundle or the new one, never a partial file.
+        partial = bundle.with_suffix(".pem.tmp")
+        partial.write_bytes(pem)
+        partial.replace(bundle)
 
-        http_server = ThreadingHTTPServer(
-            (options.host, options.port), _make_request_handler(gateway, logger)
-        )
-        http_server.daemon_threads = True
+        http_server.RequestHandlerClass = _make_request_handler(gateway, logger)
         port = http_server.server_address[1]
         token_url = f"http://{options.host}:{port}/token"
         ready(
@@ -407,13 +429,37 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
         _serve_until_signal(http_server)
         logger.info("server stopped")
     finally:
-        if http_server is not None:
-            http_server.server_close()
+        http_server.server_close()
         # Archive the events still buffered before the embedded S3 goes away.
         if audit_sink is not None:
             audit_sink.close()
             use_audit_sink(None)
         moto_server.stop()
+
+
+class ServeError(Exception):
+    """The local server cannot start; the message says why and what to do."""
+
+
+class _NotReadyHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_error(503, "regauth is starting")
+
+
+def bind_http_server(host: str, port: int) -> ThreadingHTTPServer:
+    """Bind the listening socket, with an actionable error when the port is taken."""
+    try:
+        server = ThreadingHTTPServer((host, port), _NotReadyHandler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"port {port} on {host} is already in use (is another regauth serve "
+                f"running?): stop it, or choose another port with --port or "
+                f"`make run PORT=...`"
+            ) from exc
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    server.daemon_threads = True
+    return server
 
 
 def _serve_until_signal(server: ThreadingHTTPServer) -> None:

@@ -11,13 +11,18 @@ A policy file is YAML (format version 1)::
       - name: ci-runner             # API keys are set by admin actions, never here
         description: free text      # optional
         disabled: false             # optional
+    roles:
+      - name: partner-ci            # signs in with a verified AWS IAM identity
+        arns: ["arn:aws:iam::111122223333:role/ci-*"]   # IAM principal ARN patterns
+        description: free text      # optional
     groups:
       - name: developers
-        members: [user:alice, host:ci-runner, group:interns]
+        members: [user:alice, host:ci-runner, role:partner-ci, group:interns]
     grants:
       - id: developers-team         # optional, unique, default `grants[N]`
         description: free text      # optional
-        to: group:developers        # `user:NAME`, `host:NAME`, `group:NAME`, `anonymous`
+        to: group:developers        # `user:NAME`, `host:NAME`, `role:NAME`, `group:NAME`,
+                                    # or `anonymous`
         repositories: ["team/**", "users/{name}/**"]   # see `regauth.patterns`
         actions: [pull, push]       # pull, push, delete and `*`
         source_ips: ["10.0.0.0/8"]  # optional: client address ranges (CIDR)
@@ -32,7 +37,8 @@ A policy file is YAML (format version 1)::
         repositories: ["prod/**"]
         actions: [push, delete]
 
-Every key is optional except a user's, host's and group's `name`, a rule's `to`, and
+Every key is optional except a user's, host's, role's and group's `name`, a role's
+`arns`, a rule's `to`, and
 exactly one of `repositories` (with `actions`) or `registry` in each rule. Unknown
 keys, duplicate keys, YAML aliases and values of the wrong type are rejected.
 
@@ -40,8 +46,8 @@ User names match `[a-z0-9][a-z0-9._@-]{0,63}`: 1 to 64 lower-case letters, digit
 `.`, `_`, `-` and `@` (so that e-mail addresses work), starting with a letter or digit.
 Docker sends the user name as typed and the lookup is exact, so upper-case letters
 are rejected instead of folded. `anonymous` is reserved for the anonymous principal.
-Host and group names match `[a-z0-9][a-z0-9._-]{0,63}`. Groups may contain users,
-hosts and groups. A principal belongs to every group that lists it or lists a group
+Host, role and group names match `[a-z0-9][a-z0-9._-]{0,63}`. Groups may contain
+users, hosts, roles and groups. A principal belongs to every group that lists it or lists a group
 it belongs to. Cycles are rejected.
 
 Grants to `anonymous` apply to every request, authenticated or not: what anonymous
@@ -49,9 +55,14 @@ clients may do is a floor for every user and host. A deny removes an action what
 grants it, and `everyone` in a deny means every principal, `anonymous` included. A
 deny to `anonymous` applies to unauthenticated requests only. Rules have no order:
 the same set of rules grants the same actions in any order. `{name}` in a pattern is
-replaced by each principal's own name (a host's name without `host:`). Conditions
+replaced by each principal's own name (a host's or role's without its prefix). Conditions
 (`source_ips`, `not_before`, `not_after`) are allowed on grants only and are checked
 for each request.
+
+A role's `arns` are IAM principal ARN patterns: `arn:aws:iam::ACCOUNT:role/NAME`,
+`arn:aws:iam::ACCOUNT:user/NAME` or `arn:aws:iam::ACCOUNT:*`, where `*` matches any
+characters and the account is always literal. A caller whose verified ARN matches
+patterns of more than one role is rejected, so one ARN must not be listed twice.
 """
 
 from __future__ import annotations
@@ -71,6 +82,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from regauth.errors import PolicyError, PolicyProblem
+from regauth.iam import RoleMap, validate_arn_pattern
 from regauth.models import (
     ALL_ACTIONS,
     ANONYMOUS,
@@ -99,10 +111,12 @@ FORMAT_VERSION = 1
 USER_NAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 HOST_NAME = GROUP_NAME
+ROLE_NAME = GROUP_NAME
 MAX_GRANT_ID_LENGTH = 128
 
 USER_PREFIX = "user:"
 HOST_PREFIX = "host:"
+ROLE_PREFIX = "role:"
 GROUP_PREFIX = "group:"
 # The target of a deny that applies to every principal, `anonymous` included.
 EVERYONE = "everyone"
@@ -139,9 +153,10 @@ _TAG_DESCRIPTIONS = {
 
 _QUOTABLE_TAGS = frozenset({_INT, _BOOL, "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"})
 
-_TOP_LEVEL_KEYS = ("version", "users", "hosts", "groups", "grants", "denies")
+_TOP_LEVEL_KEYS = ("version", "users", "hosts", "roles", "groups", "grants", "denies")
 _USER_KEYS = ("name", "password_hash", "disabled")
 _HOST_KEYS = ("name", "description", "disabled")
+_ROLE_KEYS = ("name", "arns", "description")
 _GROUP_KEYS = ("name", "members")
 _RULE_KEYS = ("id", "description", "to", "repositories", "registry", "actions")
 _GRANT_KEYS = (*_RULE_KEYS, "source_ips", "not_before", "not_after")
@@ -182,8 +197,17 @@ class PolicyHost:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyRole:
+    """A role entry: callers whose verified AWS IAM ARN matches one of `arns`."""
+
+    name: str
+    arns: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyGroup:
-    """A group entry. `members` contains `user:`, `host:` and `group:` references."""
+    """A group entry. `members` contains `user:`, `host:`, `role:` and `group:` references."""
 
     name: str
     members: tuple[str, ...] = ()
@@ -221,6 +245,7 @@ class Policy:
     grants: tuple[PolicyGrant, ...] = ()
     hosts: tuple[PolicyHost, ...] = ()
     denies: tuple[PolicyGrant, ...] = ()
+    roles: tuple[PolicyRole, ...] = ()
 
     def descriptions(self) -> dict[str, str]:
         """Map each rule id to its description, for explanations."""
@@ -239,6 +264,16 @@ class CompiledPolicy:
     principals: tuple[Principal, ...]
     # Rule id to description, for explanations: compiled grants carry only the id.
     descriptions: Mapping[str, str] = field(default_factory=dict)
+
+    def role_map(self) -> RoleMap:
+        """Return the roles' ARN patterns, which IAM sign-in resolves caller ARNs with."""
+        return RoleMap(
+            tuple(
+                (principal.name, principal.arn_patterns)
+                for principal in self.principals
+                if principal.arn_patterns
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +403,9 @@ class _Declared:
 
     users: dict[str, Node] = field(default_factory=dict)
     hosts: dict[str, Node] = field(default_factory=dict)
+    roles: dict[str, Node] = field(default_factory=dict)
+    # ARN pattern to the node that first listed it, since two roles must not share one.
+    arns: dict[str, Node] = field(default_factory=dict)
     groups: dict[str, Node] = field(default_factory=dict)
     grant_ids: dict[str, Node] = field(default_factory=dict)
     # Group name to the `group:` members it lists, with each member's node.
@@ -400,6 +438,7 @@ class _PolicyReader:
             self.read_version(fields["version"])
         users = self.read_users(fields.get("users"))
         hosts = self.read_hosts(fields.get("hosts"))
+        roles = self.read_roles(fields.get("roles"))
         groups = self.read_groups(fields.get("groups"))
         grants = self.read_rules(fields.get("grants"), "grants", "allow")
         denies = self.read_rules(fields.get("denies"), "denies", "deny")
@@ -408,7 +447,9 @@ class _PolicyReader:
         # defined after it.
         self.check_members()
         self.check_group_cycles()
-        policy = Policy(users=users, groups=groups, grants=grants, hosts=hosts, denies=denies)
+        policy = Policy(
+            users=users, groups=groups, grants=grants, hosts=hosts, denies=denies, roles=roles
+        )
         if not self.problems:
             self.check_placeholders(policy)
         return policy
@@ -609,6 +650,72 @@ class _PolicyReader:
             return None
         return name
 
+    def read_roles(self, node: Node | None) -> tuple[PolicyRole, ...]:
+        roles = []
+        for index, item in enumerate(self.sequence(node, "roles")):
+            role = self.read_role(item, f"roles[{index}]")
+            if role is not None:
+                roles.append(role)
+        return tuple(roles)
+
+    def read_role(self, node: Node, path: str) -> PolicyRole | None:
+        fields = self.mapping(node, path, _ROLE_KEYS, required=("name", "arns"))
+        if fields is None or "name" not in fields:
+            return None
+
+        name = self.read_role_name(fields["name"], f"{path}.name")
+        arns = self.read_arn_patterns(fields["arns"], f"{path}.arns") if "arns" in fields else None
+        description = ""
+        if "description" in fields:
+            description = self.string(fields["description"], f"{path}.description") or ""
+
+        if name is None or not arns:
+            return None
+        return PolicyRole(name=name, arns=arns, description=description)
+
+    def read_role_name(self, node: Node, path: str) -> str | None:
+        name = self.string(node, path)
+        if name is None:
+            return None
+
+        first = self.declared.roles.setdefault(name, node)
+        if first is not node:
+            first_line = first.start_mark.line + 1
+            self.report(node, f"{path}: duplicate role name {name!r} (first at line {first_line})")
+            return None
+        if not ROLE_NAME.fullmatch(name):
+            self.report(
+                node,
+                f"{path}: invalid role name {name!r}: use 1 to 64 lower-case letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit",
+            )
+            return None
+        return name
+
+    def read_arn_patterns(self, node: Node, path: str) -> tuple[str, ...] | None:
+        items = self.read_non_empty_strings(node, path)
+        valid = bool(items)
+        for item in items:
+            error = validate_arn_pattern(item.value)
+            if error is not None:
+                self.report(item.node, f"{item.path}: {error}")
+                valid = False
+                continue
+            # The same ARN in two roles would make every caller it matches ambiguous,
+            # and IAM sign-in rejects an ambiguous caller.
+            first = self.declared.arns.setdefault(item.value, item.node)
+            if first is not item.node:
+                first_line = first.start_mark.line + 1
+                self.report(
+                    item.node,
+                    f"{item.path}: duplicate ARN pattern {item.value!r} "
+                    f"(first at line {first_line})",
+                )
+                valid = False
+        if not valid:
+            return None
+        return tuple(dict.fromkeys(item.value for item in items))
+
     def read_groups(self, node: Node | None) -> tuple[PolicyGroup, ...]:
         groups = []
         for index, item in enumerate(self.sequence(node, "groups")):
@@ -806,6 +913,8 @@ class _PolicyReader:
             known = name in self.declared.users
         elif kind == "host":
             known = name in self.declared.hosts
+        elif kind == "role":
+            known = name in self.declared.roles
         elif kind == "group":
             known = name in self.declared.groups
         elif target == EVERYONE:
@@ -816,9 +925,11 @@ class _PolicyReader:
             )
             return None
         else:
-            targets = "'user:NAME', 'host:NAME', 'group:NAME' or 'anonymous'"
+            targets = "'user:NAME', 'host:NAME', 'role:NAME', 'group:NAME' or 'anonymous'"
             if effect == "deny":
-                targets = "'user:NAME', 'host:NAME', 'group:NAME', 'anonymous' or 'everyone'"
+                targets = (
+                    "'user:NAME', 'host:NAME', 'role:NAME', 'group:NAME', 'anonymous' or 'everyone'"
+                )
             self.report(node, f"{path}: invalid target {target!r}: use {targets}")
             return None
         if not known:
@@ -919,12 +1030,15 @@ class _PolicyReader:
             known = name in self.declared.users
         elif kind == "host":
             known = name in self.declared.hosts
+        elif kind == "role":
+            known = name in self.declared.roles
         elif kind == "group":
             known = name in self.declared.groups
         else:
             self.report(
                 node,
-                f"{path}: invalid member {member!r}: use 'user:NAME', 'host:NAME' or 'group:NAME'",
+                f"{path}: invalid member {member!r}: "
+                "use 'user:NAME', 'host:NAME', 'role:NAME' or 'group:NAME'",
             )
             return
         if not known:
@@ -1031,18 +1145,24 @@ def policy_version(policy: Policy) -> str:
         ]
     if policy.denies:
         canonical["denies"] = [_rule_to_canonical(deny) for deny in policy.denies]
+    if policy.roles:
+        canonical["roles"] = [
+            {"name": role.name, "arns": list(role.arns), "description": role.description}
+            for role in policy.roles
+        ]
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
-    """Compile a policy into one principal for `anonymous`, each user and each host.
+    """Compile a policy into one principal for `anonymous`, each user, host and role.
 
     Each principal's grants are its own, those of every group it belongs to directly or
     through nested groups, and those to `anonymous`, followed by the denies that reach
     it. They are in file order, then in the order of each rule's resources, with `{name}`
     replaced, and a rule equal to one already present is left out. The principals are
-    `anonymous` first, then the users, then the hosts, in file order. `policy` is
+    `anonymous` first, then the users, the hosts and the roles, in file order. A role's
+    principal carries its ARN patterns. `policy` is
     expected to come from `load_policy`, which rejects unknown members and cycles.
     """
     version = policy_version(policy)
@@ -1052,6 +1172,9 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         accounts[f"{USER_PREFIX}{user.name}"] = (user.password_hash, user.disabled)
     for host in policy.hosts:
         accounts[f"{HOST_PREFIX}{host.name}"] = (None, host.disabled)
+    arn_patterns = {f"{ROLE_PREFIX}{role.name}": role.arns for role in policy.roles}
+    for name in arn_patterns:
+        accounts[name] = (None, False)
 
     rules_by_target = _index_rules(policy)
     principals = []
@@ -1063,6 +1186,7 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
             password_hash=password_hash,
             disabled=disabled,
             policy_version=version,
+            arn_patterns=arn_patterns.get(name, ()),
         )
         principals.append(principal)
     return CompiledPolicy(
@@ -1074,6 +1198,7 @@ def _principal_names(policy: Policy) -> list[str]:
     names = [ANONYMOUS]
     names += [f"{USER_PREFIX}{user.name}" for user in policy.users]
     names += [f"{HOST_PREFIX}{host.name}" for host in policy.hosts]
+    names += [f"{ROLE_PREFIX}{role.name}" for role in policy.roles]
     return names
 
 

@@ -70,7 +70,7 @@ def add_admin_parser(commands: Any) -> None:
         "admin", help="run an admin action against the local service or a deployed stack"
     )
     admin.add_argument("action", choices=ACTIONS)
-    admin.add_argument("--principal", help="user:NAME, host:NAME or anonymous")
+    admin.add_argument("--principal", help="user:NAME, host:NAME, role:NAME or anonymous")
     admin.add_argument(
         "--scope", action="append", help="scope to explain, such as repository:prod/api:push"
     )

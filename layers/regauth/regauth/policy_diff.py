@@ -3,7 +3,8 @@
 Rights are compared after compiling, per principal, so a change to a group or to a
 grant to `anonymous` shows up at every principal it affects. A right is one action
 on one pattern with its effect (allow or deny) and its conditions. Rule ids are shown
-but not compared, so renaming a rule is no change of rights.
+but not compared, so renaming a rule is no change of rights. A role's IAM ARN
+patterns decide who signs in as it, so patterns added and removed are listed too.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ class Right:
 
 @dataclass(frozen=True, slots=True)
 class PrincipalChange:
-    """Rights one principal gains and loses, and a change of its disabled flag."""
+    """Rights one principal gains and loses, and changes of its flag and ARN patterns."""
 
     principal: str
     gained: tuple[Right, ...] = ()
     lost: tuple[Right, ...] = ()
     disabled: bool | None = None
+    arns_added: tuple[str, ...] = ()
+    arns_removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +103,16 @@ def diff_policies(old: Policy | None, new: Policy) -> PolicyDiff:
         disabled = None
         if old_principal is not None and old_principal.disabled != principal.disabled:
             disabled = principal.disabled
-        if gained or lost or disabled is not None:
-            changes.append(PrincipalChange(name, gained, lost, disabled))
+        old_arns = old_principal.arn_patterns if old_principal else ()
+        arns_added = tuple(arn for arn in principal.arn_patterns if arn not in old_arns)
+        arns_removed = tuple(arn for arn in old_arns if arn not in principal.arn_patterns)
+        if gained or lost or disabled is not None or arns_added or arns_removed:
+            changes.append(PrincipalChange(name, gained, lost, disabled, arns_added, arns_removed))
     for name in removed:
         lost = tuple(sorted(rights_of(before[name]).values()))
-        if lost:
-            changes.append(PrincipalChange(name, (), lost))
+        arns_removed = before[name].arn_patterns
+        if lost or arns_removed:
+            changes.append(PrincipalChange(name, (), lost, arns_removed=arns_removed))
     return PolicyDiff(added, removed, tuple(changes))
 
 
@@ -126,6 +133,8 @@ def format_diff(diff: PolicyDiff) -> str:
         lines.append(f"  {change.principal}:")
         if change.disabled is not None:
             lines.append(f"    ~ disabled: {str(change.disabled).lower()}")
+        lines += [f"    + IAM ARN {arn}" for arn in change.arns_added]
+        lines += [f"    - IAM ARN {arn}" for arn in change.arns_removed]
         lines += [f"    + {right.describe()}" for right in change.gained]
         lines += [f"    - {right.describe()}" for right in change.lost]
     return "\n".join(lines)

@@ -4,8 +4,8 @@ Applying version N of a policy:
 
 1. takes the lock item `policy#lock`, so applies and rollbacks run one at a time;
 2. returns without a change when N's content hash equals the active version's;
-3. takes N from the counter `policy#sequence` and stores the source, hash, actor and
-   time in `policy#version#<N>`;
+3. takes N from the counter `policy#sequence` and stores the source, hash, actor,
+   time and role map in `policy#version#<N>`;
 4. writes N's entry into the `versions` map of every principal's `grants#` item, and
    creates `principal#` items for new principals;
 5. flips `policy#current` to N with one conditional write.
@@ -41,8 +41,10 @@ from regauth.errors import (
 from regauth.stores import (
     GRANTS_PREFIX,
     POLICY_CURRENT_KEY,
+    POLICY_VERSION_PREFIX,
     PRINCIPAL_PREFIX,
     decode_versions,
+    encode_role_map,
     encode_versions,
     version_entry,
 )
@@ -57,7 +59,7 @@ logger = logging.getLogger(__name__)
 LOCK_KEY = "policy#lock"
 SEQUENCE_KEY = "policy#sequence"
 HISTORY_KEY = "policy#history"
-VERSION_PREFIX = "policy#version#"
+VERSION_PREFIX = POLICY_VERSION_PREFIX
 
 DEFAULT_RETAINED_VERSIONS = 5
 # A Lambda function runs at most 15 minutes, so a lock older than that belongs to an
@@ -209,7 +211,12 @@ class PolicyStore:
             entry = PolicyVersion(
                 seq, compiled.version, actor, now, source, len(compiled.principals)
             )
-            self._put_version_item(entry, text, descriptions or compiled.descriptions)
+            self._put_version_item(
+                entry,
+                text,
+                descriptions or compiled.descriptions,
+                encode_role_map(compiled.role_map()),
+            )
             history = self.history()
             keep = self._versions_to_keep(history, previous, seq)
             self._write_principals(compiled, seq, keep)
@@ -311,7 +318,7 @@ class PolicyStore:
             raise self._unavailable("PutItem", exc) from exc
 
     def _put_version_item(
-        self, entry: PolicyVersion, text: str, descriptions: Mapping[str, str]
+        self, entry: PolicyVersion, text: str, descriptions: Mapping[str, str], roles: str
     ) -> None:
         item: dict[str, Any] = {
             "pk": VERSION_PREFIX + str(entry.seq),
@@ -322,6 +329,8 @@ class PolicyStore:
             "source": entry.source,
             "principals": entry.principals,
             "descriptions": {key: value for key, value in descriptions.items() if value},
+            # Read by IAM sign-in for this version, and by a rollback to it.
+            "roles": roles,
         }
         compressed = zlib.compress(text.encode("utf-8"), 9)
         if text and len(compressed) <= MAX_STORED_SOURCE_BYTES:

@@ -20,7 +20,8 @@ from cryptography import x509
 
 from regauth.audit import AuditSink, LoggerAuditSink, RequestContext, certificate_event
 from regauth.config import Settings, load_settings
-from regauth.iam import IamVerifier, RoleMap, StsTransport, Urllib3StsTransport
+from regauth.iam import IamVerifier, StsTransport, Urllib3StsTransport
+from regauth.roles import RoleMapCache
 from regauth.service import TokenService
 from regauth.signing import SigningKeyManager
 from regauth.stores import DynamoStore
@@ -73,7 +74,6 @@ def build_runtime(
     logger: Logger | None = None,
     clock: Callable[[], float] = time.time,
     sts_transport: StsTransport | None = None,
-    role_map: Callable[[], RoleMap] = RoleMap,
 ) -> Runtime:
     """Wire the store, signing key manager and token service for one instance."""
     logger = logger or Logger(service="regauth", logger_name="regauth")
@@ -94,7 +94,7 @@ def build_runtime(
         audit,
         clock=clock,
         iam=_iam_verifier(settings, sts_transport, clock),
-        role_map=role_map,
+        role_maps=RoleMapCache(store),
     )
     return Runtime(
         settings=settings,

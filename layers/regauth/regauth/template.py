@@ -44,6 +44,8 @@ class ApiRoute:
     code_dir: Path
     module: str
     handler: str
+    # The event's `Auth.Authorizer`, such as `AWS_IAM`, or empty for a public route.
+    authorizer: str = ""
 
 
 def load_template(path: Path) -> dict[str, Any]:
@@ -71,6 +73,7 @@ def api_routes(template: Mapping[str, Any], root: Path) -> list[ApiRoute]:
         for event in (properties.get("Events") or {}).values():
             if event.get("Type") != "Api":
                 continue
+            auth = event["Properties"].get("Auth") or {}
             routes.append(
                 ApiRoute(
                     method=str(event["Properties"]["Method"]).upper(),
@@ -79,6 +82,7 @@ def api_routes(template: Mapping[str, Any], root: Path) -> list[ApiRoute]:
                     code_dir=root / str(properties["CodeUri"]),
                     module=module,
                     handler=handler,
+                    authorizer=str(auth.get("Authorizer", "")),
                 )
             )
     if not routes:
