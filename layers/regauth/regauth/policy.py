@@ -555,30 +555,17 @@ class _PolicyReader:
         return PolicyUser(name=name, password_hash=password_hash, disabled=disabled)
 
     def read_user_name(self, node: Node, path: str) -> str | None:
-        name = self.string(node, path)
+        name = self.read_declared_name(node, path, "user", self.declared.users)
         if name is None:
-            return None
-
-        # The name is recorded even when invalid, so that references to it do not add
-        # a second, misleading "unknown user" problem.
-        first = self.declared.users.setdefault(name, node)
-        if first is not node:
-            first_line = first.start_mark.line + 1
-            self.report(node, f"{path}: duplicate user name {name!r} (first at line {first_line})")
             return None
         if name == ANONYMOUS:
             self.report(
                 node, f"{path}: the user name 'anonymous' is reserved for unauthenticated requests"
             )
             return None
-        if not USER_NAME.fullmatch(name):
-            self.report(
-                node,
-                f"{path}: invalid user name {name!r}: use 1 to 64 lower-case letters, digits, "
-                "'.', '_', '-' or '@', starting with a letter or digit",
-            )
-            return None
-        return name
+        return self.check_name_syntax(
+            node, path, "user", name, syntax=USER_NAME, separators="'.', '_', '-' or '@'"
+        )
 
     def read_password_hash(self, node: Node, path: str) -> str | None:
         value = self.string(node, path)
@@ -632,23 +619,10 @@ class _PolicyReader:
         return PolicyHost(name=name, description=description, disabled=disabled)
 
     def read_host_name(self, node: Node, path: str) -> str | None:
-        name = self.string(node, path)
-        if name is None:
-            return None
-
-        first = self.declared.hosts.setdefault(name, node)
-        if first is not node:
-            first_line = first.start_mark.line + 1
-            self.report(node, f"{path}: duplicate host name {name!r} (first at line {first_line})")
-            return None
-        if not HOST_NAME.fullmatch(name):
-            self.report(
-                node,
-                f"{path}: invalid host name {name!r}: use 1 to 64 lower-case letters, digits, "
-                "'.', '_' or '-', starting with a letter or digit",
-            )
-            return None
-        return name
+        name = self.read_declared_name(node, path, "host", self.declared.hosts)
+        return self.check_name_syntax(
+            node, path, "host", name, syntax=HOST_NAME, separators="'.', '_' or '-'"
+        )
 
     def read_roles(self, node: Node | None) -> tuple[PolicyRole, ...]:
         roles = []
@@ -674,23 +648,10 @@ class _PolicyReader:
         return PolicyRole(name=name, arns=arns, description=description)
 
     def read_role_name(self, node: Node, path: str) -> str | None:
-        name = self.string(node, path)
-        if name is None:
-            return None
-
-        first = self.declared.roles.setdefault(name, node)
-        if first is not node:
-            first_line = first.start_mark.line + 1
-            self.report(node, f"{path}: duplicate role name {name!r} (first at line {first_line})")
-            return None
-        if not ROLE_NAME.fullmatch(name):
-            self.report(
-                node,
-                f"{path}: invalid role name {name!r}: use 1 to 64 lower-case letters, digits, "
-                "'.', '_' or '-', starting with a letter or digit",
-            )
-            return None
-        return name
+        name = self.read_declared_name(node, path, "role", self.declared.roles)
+        return self.check_name_syntax(
+            node, path, "role", name, syntax=ROLE_NAME, separators="'.', '_' or '-'"
+        )
 
     def read_arn_patterns(self, node: Node, path: str) -> tuple[str, ...] | None:
         items = self.read_non_empty_strings(node, path)
@@ -745,23 +706,49 @@ class _PolicyReader:
         return PolicyGroup(name=name, members=tuple(member.value for member in members))
 
     def read_group_name(self, node: Node, path: str) -> str | None:
+        name = self.read_declared_name(node, path, "group", self.declared.groups)
+        return self.check_name_syntax(
+            node, path, "group", name, syntax=GROUP_NAME, separators="'.', '_' or '-'"
+        )
+
+    def read_declared_name(
+        self, node: Node, path: str, kind: str, declared: dict[str, Node]
+    ) -> str | None:
+        """Read a principal's name and record it, rejecting a second declaration.
+
+        The name is recorded even when its syntax is invalid, so that references to it
+        do not add a second, misleading "unknown" problem.
+        """
         name = self.string(node, path)
         if name is None:
             return None
-
-        first = self.declared.groups.setdefault(name, node)
+        first = declared.setdefault(name, node)
         if first is not node:
             first_line = first.start_mark.line + 1
-            self.report(node, f"{path}: duplicate group name {name!r} (first at line {first_line})")
-            return None
-        if not GROUP_NAME.fullmatch(name):
             self.report(
-                node,
-                f"{path}: invalid group name {name!r}: use 1 to 64 lower-case letters, digits, "
-                "'.', '_' or '-', starting with a letter or digit",
+                node, f"{path}: duplicate {kind} name {name!r} (first at line {first_line})"
             )
             return None
         return name
+
+    def check_name_syntax(
+        self,
+        node: Node,
+        path: str,
+        kind: str,
+        name: str | None,
+        *,
+        syntax: re.Pattern[str],
+        separators: str,
+    ) -> str | None:
+        if name is None or syntax.fullmatch(name):
+            return name
+        self.report(
+            node,
+            f"{path}: invalid {kind} name {name!r}: use 1 to 64 lower-case letters, digits, "
+            f"{separators}, starting with a letter or digit",
+        )
+        return None
 
     def read_rules(
         self, node: Node | None, section: str, effect: Literal["allow", "deny"]
