@@ -360,3 +360,13 @@ def test_token_audit_names_deny_rule(
     assert dropped["reason"] == "denied by a rule"
     assert [rule["rule_id"] for rule in dropped["rules"]] == ["prod-release-only", "alice-prod"]
     assert dropped["rules"][0]["effect"] == "deny"
+
+
+def test_host_not_locked_out_by_wrong_keys(admin: AdminService, runtime: Runtime) -> None:
+    created = run(admin, action="create_host_key", principal="host:ci")["result"]
+    for attempt in range(runtime.settings.max_failed_logins + 2):
+        guess = f"rgk1_wrong-{attempt}"
+        assert token_access(runtime, "host/ci", guess, "repository:prod/a:pull") == 401
+    # The right key still works: a lockout would let anyone stop a host's CI.
+    granted = token_access(runtime, "host/ci", created["api_key"], "repository:prod/a:pull")
+    assert granted == ["pull"]

@@ -631,3 +631,18 @@ def test_parser_crash_is_generic_500(runtime: Runtime, monkeypatch: pytest.Monke
 def test_non_ascii_basic_header_is_401(runtime: Runtime) -> None:
     response = issue_get(runtime, [], "Basic \xe9")
     assert response["statusCode"] == 401
+
+
+def test_unexpected_error_still_audited(
+    runtime: Runtime, users: Users, audit: MemoryAuditSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*_: Any, **__: Any) -> Any:
+        raise KeyError("internal detail")
+
+    monkeypatch.setattr(runtime.service, "_anonymous", explode)
+    response = issue_get(runtime, [])
+    assert response["statusCode"] == 500
+    last = audit.events[-1]
+    assert last.event_type == "service.unavailable"
+    assert last.reason == "internal_error"
+    assert "internal detail" not in json.dumps(last.to_record())

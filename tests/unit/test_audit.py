@@ -98,3 +98,16 @@ def test_log_line_keeps_record_fields() -> None:
 )
 def test_log_line_without_record(message: str) -> None:
     assert record_from_log_message(message) is None
+
+
+def test_record_replaces_lone_surrogates() -> None:
+    event = AuditEvent(
+        "token.issued",
+        "success",
+        RequestContext(user_agent="agent-\ud800"),
+        details={"requested": [{"name": "x\udfff"}]},
+    )
+    record = event.to_record()
+    assert record["user_agent"] == "agent-?"
+    assert record["details"]["requested"][0]["name"] == "x?"
+    json.dumps(record, ensure_ascii=False).encode("utf-8")

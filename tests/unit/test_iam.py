@@ -256,6 +256,36 @@ def test_verify_extra_header(verifier: IamVerifier, sts: FakeSts) -> None:
     assert sts.calls == []
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("content-type", "application/x-www-form-urlencoded\r\nX-Injected: 1"),
+        ("x-amz-security-token", "token-\u2603"),
+        ("content-type", ""),
+        ("content-type", "application/x-www-form-urlencoded\tx"),
+    ],
+    ids=["crlf", "non-latin1", "empty", "tab"],
+)
+def test_verify_invalid_header_value(
+    verifier: IamVerifier, sts: FakeSts, header: str, value: str
+) -> None:
+    password = tamper(make_proof(), set_headers={header: value})
+    assert reason_of(verifier, password) == "invalid_header_value"
+    assert sts.calls == []
+
+
+def test_transport_value_error_is_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = Urllib3StsTransport()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("Invalid header value")
+
+    monkeypatch.setattr(transport._pool, "request", refuse)
+    with pytest.raises(InvalidIamProofError) as caught:
+        transport.post("https://sts.us-east-1.amazonaws.com/", {"a": "b"}, b"")
+    assert caught.value.reason == "sts_unreachable"
+
+
 def test_verify_signed_extra_header(verifier: IamVerifier, sts: FakeSts) -> None:
     headers = {**_server_id(), "X-Forwarded-For": "10.0.0.1"}
     password = sign_custom(role_credentials(), headers=headers)
@@ -285,7 +315,7 @@ def test_verify_missing_authorization(verifier: IamVerifier) -> None:
         "AWS4-HMAC-SHA256 Credential=ASIAEXAMPLEROLEKEY01/20240101/us-east-1/sts/aws4_request",
         "AWS AKIAEXAMPLE:signature",
         "AWS4-HMAC-SHA256 Credential=ASIAEXAMPLEROLEKEY01/20240101/us-east-1/sts/aws4_request, "
-        "SignedHeaders=host;x-amz-date;x-regauth-server-id, Signature=00\n",
+        "SignedHeaders=host;x-amz-date;x-regauth-server-id, Signature=00",
     ],
     ids=["no-signature", "sigv2", "short-signature"],
 )

@@ -81,7 +81,25 @@ class AuditEvent:
         record = asdict(self)
         context = record.pop("context")
         record.update(context)
-        return record
+        cleaned: dict[str, Any] = _valid_unicode(record)
+        return cleaned
+
+
+def _valid_unicode(value: Any) -> Any:
+    """Replace lone surrogates, which cannot be written as UTF-8 and would drop the line.
+
+    Request fields such as the user agent come from the client, and a JSON event can
+    carry an escaped lone surrogate into a Python string.
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {key: _valid_unicode(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid_unicode(item) for item in value]
+    return value
 
 
 class AuditSink(Protocol):

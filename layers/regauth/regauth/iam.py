@@ -100,6 +100,10 @@ _USER_ARN = re.compile(
 )
 
 
+# Printable ASCII, bounded. SigV4 headers (dates, tokens, signatures) never need more.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,4096}")
+
+
 def _reject(reason: str, message: str = "invalid IAM proof") -> InvalidIamProofError:
     return InvalidIamProofError(message, reason=reason)
 
@@ -279,6 +283,11 @@ def check_proof(
     names = {name for name, _ in proof.headers}
     if not names <= ALLOWED_HEADERS:
         raise _reject("disallowed_header")
+    # Header values are forwarded to STS, so they must be what HTTP allows on the
+    # wire. http.client raises on CR, LF or non-Latin-1 text, which would otherwise
+    # surface as an unexpected error instead of a rejected proof.
+    if not all(_HEADER_VALUE.fullmatch(value) for _, value in proof.headers):
+        raise _reject("invalid_header_value")
     if proof.header("host") != sts_host(proof.region):
         raise _reject("wrong_sts_host")
 
@@ -367,7 +376,9 @@ class Urllib3StsTransport:
                 payload = response.read(MAX_STS_RESPONSE_BYTES + 1)
             finally:
                 response.release_conn()
-        except urllib3.exceptions.HTTPError:
+        except (urllib3.exceptions.HTTPError, ValueError):
+            # ValueError covers http.client's checks of header names and values,
+            # which `check_proof` should already have made unreachable.
             raise _reject("sts_unreachable") from None
         return StsResponse(status=response.status, body=payload)
 

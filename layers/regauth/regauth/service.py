@@ -140,6 +140,20 @@ class TokenService:
         except RegauthError as exc:
             self._emit_failure("request.rejected", context, request, exc, None)
             raise
+        except Exception as exc:
+            # A bug must still leave an audit record. Only the exception's type is
+            # recorded, because its message may quote internal data.
+            self._audit.emit(
+                AuditEvent(
+                    event_type="service.unavailable",
+                    outcome="failure",
+                    context=context,
+                    auth_method=_auth_method_of(request),
+                    reason="internal_error",
+                    details={"message": type(exc).__name__, "client_id": request.client_id},
+                )
+            )
+            raise
 
     def record_rejected(self, context: RequestContext, exc: RegauthError) -> None:
         """Audit a request that was rejected before it could be parsed."""
@@ -284,7 +298,11 @@ class TokenService:
                 "invalid username or password", reason="unknown_principal", principal=claimed
             )
 
-        self._check_lockout(principal, now)
+        # Hosts are not locked out: their API keys carry 256 random bits, so a lockout
+        # protects nothing and would let anyone who knows a host name stop its CI.
+        # Their failures are still counted, for alarms.
+        if not is_host(principal.name):
+            self._check_lockout(principal, now)
         if principal.disabled:
             # Hash anyway, as for unknown names, so a disabled account cannot be told
             # apart by its faster response.
