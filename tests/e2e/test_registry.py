@@ -346,16 +346,23 @@ def _archived_events(regauth: RegauthServer) -> tuple[list[dict[str, object]], s
 
 
 def test_audit_archive_records_every_token_request(
-    regauth: RegauthServer, pushed_app: OciImage, users: Users
+    regauth: RegauthServer, pushed_app: OciImage, users: Users, http_client: HttpClient
 ) -> None:
-    requests = _token_requests(regauth)
+    # A failed login of its own, so the test does not depend on the ones above.
+    wrong = dataclasses.replace(users.puller, password=users.puller.password + "x")
+    url = token_url(regauth, service=SERVICE, scope="repository:team/app:pull")
+    assert http_client.get(url, {"Authorization": wrong.basic_authorization}).status == 401
+
     deadline = time.monotonic() + AUDIT_WAIT_SECONDS
     while True:
+        # The server writes a request's audit event a moment before its request log
+        # line, so both are read again until they agree or the wait runs out.
+        requests = _token_requests(regauth)
         events, text = _archived_events(regauth)
         decisions = [
             e for e in events if e["event_type"] in ("token.issued", "authentication.failed")
         ]
-        if len(decisions) >= len(requests) or time.monotonic() > deadline:
+        if len(decisions) == len(requests) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
 
