@@ -121,6 +121,17 @@ def test_invalid_upload_rejected(
     assert dana is not None
 
 
+def test_deeply_nested_upload_rejected(
+    s3: Any, handler: PolicyUploadHandler, audit: MemoryAuditSink
+) -> None:
+    # 5,000 levels once raised RecursionError, which left no result file and no audit.
+    app.handle(upload(s3, "users: " + "[" * 5000 + "]" * 5000 + "\n"), handler)
+    result = result_file(s3)
+    assert result["status"] == "rejected"
+    assert ":1:23: lists and mappings are nested more than 16 levels" in result["problems"][0]
+    assert audit.events[-1].event_type == "policy.rejected"
+
+
 def test_other_keys_ignored(s3: Any, handler: PolicyUploadHandler) -> None:
     outcome = app.handle(upload(s3, VALID, key="drafts/policy.yaml"), handler)
     assert outcome == {"outcomes": []}

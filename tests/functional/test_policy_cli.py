@@ -81,6 +81,17 @@ def test_policy_validate_lists_every_error(
     assert len(errors) == 3
 
 
+def test_policy_validate_deep_nesting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("users: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert main(["policy", "validate", str(deep)]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        f"{deep}:1:23: lists and mappings are nested more than 16 levels deep, "
+        "but a policy needs at most 4"
+    ]
+
+
 def test_policy_diff_against_table(
     key_id: str, files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from botocore.exceptions import ClientError
@@ -126,8 +126,125 @@ def test_rollback_pruned_version_rejected(store: DynamoStore) -> None:
         apply(policies, policy(f"v{index}/**"))
     with pytest.raises(InvalidAdminRequestError, match="no longer retained"):
         policies.rollback(1)
-    item = store._client.get_item(TableName=TABLE, Key={"pk": {"S": "grants#user:user0"}})
-    assert sorted(json.loads(item["Item"]["versions"]["S"])) == ["2", "3"]
+    assert [entry.retained for entry in policies.history()] == [True, True, False]
+
+
+def test_pruned_entries_removed_next_apply(store: DynamoStore) -> None:
+    policies = PolicyStore(store._client, TABLE, retained=2)
+    for index in range(4):
+        apply(policies, policy(f"v{index}/**"))
+    # Version 2 stopped being retained at the flip to version 4, so its entries stay
+    # until the next apply.
+    assert stored_versions(store, "user:user0") == ["2", "3", "4"]
+
+
+class FailingPutClient:
+    """A DynamoDB client whose PutItem of one key fails as DynamoDB does when it errs."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        self._client = client
+        self._key = key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **arguments: Any) -> Any:
+        if arguments["Item"]["pk"]["S"] == self._key:
+            raise ClientError(
+                {"Error": {"Code": "InternalServerError", "Message": "injected"}}, "PutItem"
+            )
+        return self._client.put_item(**arguments)
+
+
+def failing_store(store: DynamoStore, key: str) -> PolicyStore:
+    return PolicyStore(cast(Any, FailingPutClient(store._client, key)), TABLE)
+
+
+def stored_versions(store: DynamoStore, name: str) -> list[str]:
+    item = store._client.get_item(TableName=TABLE, Key={"pk": {"S": f"grants#{name}"}})
+    return sorted(json.loads(item["Item"]["versions"]["S"]), key=int)
+
+
+OLD_USER_POLICY = "users:\n  - name: olduser\n  - name: user0\n"
+
+
+def test_failed_flip_keeps_retained_principal(policies: PolicyStore, store: DynamoStore) -> None:
+    apply(policies, OLD_USER_POLICY)
+    store._client.update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": "principal#user:olduser"}},
+        UpdateExpression="SET admin_password_hash = :hash",
+        ExpressionAttributeValues={":hash": {"S": "$argon2id$admin-set"}},
+    )
+    for index in range(2, 6):
+        apply(policies, policy(f"v{index}/**"))
+
+    failing = failing_store(store, "policy#current")
+    with pytest.raises(StoreUnavailableError):
+        apply(failing, policy("v6/**"))
+    current = policies.current()
+    assert current is not None
+    assert current.seq == 5
+
+    policies.rollback(1)
+    olduser = store.get_principal("user:olduser")
+    assert olduser is not None
+    assert olduser.password_hash == "$argon2id$admin-set"
+    assert store.get_principal("anonymous") is not None
+
+
+def test_failed_flip_entries_removed_next_apply(policies: PolicyStore, store: DynamoStore) -> None:
+    apply(policies, policy("v1/**"))
+    failing = failing_store(store, "policy#current")
+    with pytest.raises(StoreUnavailableError):
+        apply(failing, policy("v2/**"))
+    assert stored_versions(store, "user:user0") == ["1", "2"]
+    apply(policies, policy("v3/**"))
+    assert stored_versions(store, "user:user0") == ["1", "3"]
+
+
+def test_removed_principal_deleted_next_apply(store: DynamoStore) -> None:
+    policies = PolicyStore(store._client, TABLE, retained=2)
+    apply(policies, OLD_USER_POLICY)
+    apply(policies, "users:\n  - name: user0\n")
+    apply(policies, "users:\n  - name: user0\n    disabled: true\n")
+    # Version 1 is no longer retained, but its principal is removed only by the next
+    # apply, before its flip.
+    assert runtime_item(store, "user:olduser") is not None
+    apply(policies, "users:\n  - name: user0\n")
+    assert runtime_item(store, "user:olduser") is None
+
+
+def runtime_item(store: DynamoStore, name: str) -> Any:
+    item = store._client.get_item(TableName=TABLE, Key={"pk": {"S": f"principal#{name}"}})
+    return item.get("Item")
+
+
+def test_rollback_missing_entries_rejected(policies: PolicyStore, store: DynamoStore) -> None:
+    apply(policies, policy("v1/**"))
+    apply(policies, policy("v2/**"))
+    # Releases that pruned before the flip could leave a version listed as retained
+    # with no entries.
+    store._client.put_item(
+        TableName=TABLE,
+        Item={"pk": {"S": "grants#anonymous"}, "versions": {"S": '{"2":{"grants":[]}}'}},
+    )
+    with pytest.raises(InvalidAdminRequestError, match="entries are missing"):
+        policies.rollback(1)
+    current = policies.current()
+    assert current is not None
+    assert current.seq == 2
+
+
+def test_history_write_failure_repaired(policies: PolicyStore, store: DynamoStore) -> None:
+    apply(policies, policy("v1/**"))
+    failing = failing_store(store, "policy#history")
+    with pytest.raises(StoreUnavailableError):
+        apply(failing, policy("v2/**"))
+    apply(policies, policy("v3/**"))
+    assert [entry.seq for entry in policies.history()] == [3, 2, 1]
+    assert policies.rollback(2).changed is True
+    assert patterns_of(store, "user:user0") == ["v2/**"]
 
 
 def test_removed_principal_unknown(policies: PolicyStore, store: DynamoStore) -> None:

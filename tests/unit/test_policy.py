@@ -355,6 +355,31 @@ def test_load_policy_alias_rejected() -> None:
     ]
 
 
+NESTING_MESSAGE = (
+    "lists and mappings are nested more than 16 levels deep, but a policy needs at most 4"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("users: " + "[" * 5000 + "]" * 5000 + "\n", 1, 23),
+        ("users:\n" + "".join(" " * (2 * level) + "- \n" for level in range(1, 3000)), 17, 33),
+    ],
+    ids=["flow", "block"],
+)
+def test_load_policy_deep_nesting_rejected(text: str, line: int, column: int) -> None:
+    # Composing 5,000 levels raised RecursionError instead of a PolicyError.
+    problem = only_problem(text)
+    assert problem.message == NESTING_MESSAGE
+    assert (problem.line, problem.column) == (line, column)
+
+
+def test_load_policy_nesting_limit_allows_16() -> None:
+    problem = only_problem("users: " + "[" * 15 + "]" * 15 + "\n")
+    assert problem.message == "users[0] must be a mapping, got a list"
+
+
 def test_load_policy_source_in_problem() -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy("bogus: 1\n", source="policies/prod.yaml")
@@ -443,6 +468,15 @@ def test_load_policy_user_name_anonymous_reserved() -> None:
     assert problem.message == (
         "users[0].name: the user name 'anonymous' is reserved for unauthenticated requests"
     )
+
+
+def test_load_policy_user_name_aws_iam_reserved() -> None:
+    problem = only_problem("users:\n  - name: aws-iam\n")
+    assert problem.message == (
+        "users[0].name: the user name 'aws-iam' is reserved for AWS IAM sign-in "
+        "and cannot sign in with a password"
+    )
+    assert (problem.line, problem.column) == (2, 11)
 
 
 def test_load_policy_duplicate_user() -> None:

@@ -269,6 +269,49 @@ def test_placeholder_invalid_for_name() -> None:
     assert "repositories[0] for user:a@example.com" in str(caught.value)
 
 
+def test_placeholder_name_shared_by_host_rejected() -> None:
+    # Without the check, host:alice got push on users/alice/app through `own`.
+    text = PLACEHOLDER.replace("name: ci", "name: alice").replace("host:ci", "host:alice")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(text, source="test.yaml")
+    assert [str(problem) for problem in caught.value.problems] == [
+        "test.yaml:4:11: hosts[0].name: host name 'alice' is already the name of "
+        "'user:alice' (line 2). Users, hosts and roles need distinct names, because {name} "
+        "in a repository pattern is replaced by the name without its kind"
+    ]
+
+
+ROLE = "  - name: {name}\n    arns: ['arn:aws:iam::111122223333:role/ci']\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "other", "line"),
+    [
+        ("users:\n  - name: ci\nhosts:\n  - name: ci\n", "host", "user", 4),
+        ("users:\n  - name: ci\nroles:\n" + ROLE.format(name="ci"), "role", "user", 4),
+        ("hosts:\n  - name: ci\nroles:\n" + ROLE.format(name="ci"), "role", "host", 4),
+        # Hosts are read before roles, so the role is reported even when it comes first.
+        ("roles:\n" + ROLE.format(name="ci") + "hosts:\n  - name: ci\n", "role", "host", 2),
+    ],
+    ids=["user-host", "user-role", "host-role", "role-first"],
+)
+def test_name_shared_across_kinds_rejected(text: str, kind: str, other: str, line: int) -> None:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(text)
+    problems = caught.value.problems
+    assert len(problems) == 1
+    assert problems[0].message.startswith(
+        f"{kind}s[0].name: {kind} name 'ci' is already the name of '{other}:ci'"
+    )
+    assert (problems[0].line, problems[0].column) == (line, 11)
+
+
+def test_same_name_group_and_user_allowed() -> None:
+    # `{name}` is never replaced by a group's name, so groups may share names.
+    text = "users:\n  - name: ci\ngroups:\n  - name: ci\n    members: [user:ci]\n"
+    assert load_policy(text).groups[0].name == "ci"
+
+
 def test_placeholder_rejected_for_anonymous() -> None:
     text = "grants:\n  - to: anonymous\n    repositories: ['u/{name}']\n    actions: [pull]\n"
     with pytest.raises(PolicyError) as caught:

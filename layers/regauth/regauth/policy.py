@@ -45,8 +45,10 @@ keys, duplicate keys, YAML aliases and values of the wrong type are rejected.
 User names match `[a-z0-9][a-z0-9._@-]{0,63}`: 1 to 64 lower-case letters, digits,
 `.`, `_`, `-` and `@` (so that e-mail addresses work), starting with a letter or digit.
 Docker sends the user name as typed and the lookup is exact, so upper-case letters
-are rejected instead of folded. `anonymous` is reserved for the anonymous principal.
-Host, role and group names match `[a-z0-9][a-z0-9._-]{0,63}`. Groups may contain
+are rejected instead of folded. `anonymous` is reserved for the anonymous principal,
+and `aws-iam` for AWS IAM sign-in. Host, role and group names match
+`[a-z0-9][a-z0-9._-]{0,63}`. A user, a host and a role may not share a name, because
+`{name}` is replaced by the name without its kind. Groups may contain
 users, hosts, roles and groups. A principal belongs to every group that lists it or lists a group
 it belongs to. Cycles are rejected.
 
@@ -82,7 +84,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from regauth.errors import PolicyError, PolicyProblem
-from regauth.iam import RoleMap, validate_arn_pattern
+from regauth.iam import IAM_USERNAME, RoleMap, validate_arn_pattern
 from regauth.models import (
     ALL_ACTIONS,
     ANONYMOUS,
@@ -113,6 +115,11 @@ GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 HOST_NAME = GROUP_NAME
 ROLE_NAME = GROUP_NAME
 MAX_GRANT_ID_LENGTH = 128
+# A valid policy nests lists and mappings 4 levels deep (the root mapping, `grants`, a
+# grant and its `repositories`). The margin above that lets the reader report a
+# slightly misshapen file with its usual messages. PyYAML composes nodes recursively,
+# so a file thousands of levels deep would exhaust Python's recursion limit.
+MAX_NESTING_DEPTH = 16
 
 USER_PREFIX = "user:"
 HOST_PREFIX = "host:"
@@ -332,15 +339,17 @@ def load_policy(text: str, source: str = "<policy>") -> Policy:
     listing every problem found, each with its 1-based line and column in `source`.
     """
     try:
-        alias_problems = _alias_problems(text, source)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        event_problems = _event_problems(text, source)
+        # Composing builds the nodes recursively, so a file that is nested too deeply
+        # is rejected before it is composed.
+        root = None if event_problems else yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         raise PolicyError([_syntax_problem(exc, source)]) from exc
     except yaml.reader.ReaderError as exc:
         raise PolicyError([_reader_problem(exc, text, source)]) from exc
 
-    if alias_problems:
-        raise PolicyError(alias_problems)
+    if event_problems:
+        raise PolicyError(event_problems)
 
     reader = _PolicyReader(source)
     policy = reader.read(root)
@@ -349,15 +358,30 @@ def load_policy(text: str, source: str = "<policy>") -> Policy:
     return policy
 
 
-def _alias_problems(text: str, source: str) -> list[PolicyProblem]:
-    # Aliases are rejected because an alias shares its node with the anchor, so every
-    # position inside it would point at the anchor, and because nested aliases make a
-    # small file expand exponentially when its nodes are walked.
+def _event_problems(text: str, source: str) -> list[PolicyProblem]:
+    """Report aliases, and nesting deeper than `MAX_NESTING_DEPTH`, from the YAML events."""
     problems = []
+    depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        # Aliases are rejected because an alias shares its node with the anchor, so
+        # every position inside it would point at the anchor, and because nested
+        # aliases make a small file expand exponentially when its nodes are walked.
         if isinstance(event, yaml.AliasEvent) and event.start_mark is not None:
             message = "YAML aliases are not supported: write the value out"
             problems.append(_problem_at(event.start_mark, message, source))
+        if depth > MAX_NESTING_DEPTH and event.start_mark is not None:
+            message = (
+                f"lists and mappings are nested more than {MAX_NESTING_DEPTH} levels deep, "
+                "but a policy needs at most 4"
+            )
+            problems.append(_problem_at(event.start_mark, message, source))
+            # The rest of the file cannot make it valid, and PyYAML's scanner slows
+            # down more than linearly with the depth, so reading stops here.
+            break
     return problems
 
 
@@ -563,9 +587,19 @@ class _PolicyReader:
                 node, f"{path}: the user name 'anonymous' is reserved for unauthenticated requests"
             )
             return None
-        return self.check_name_syntax(
+        if name == IAM_USERNAME:
+            # The token endpoint reads the password of this user name as an AWS IAM
+            # proof, so such a user could never sign in with a password.
+            self.report(
+                node,
+                f"{path}: the user name {IAM_USERNAME!r} is reserved for AWS IAM sign-in "
+                "and cannot sign in with a password",
+            )
+            return None
+        name = self.check_name_syntax(
             node, path, "user", name, syntax=USER_NAME, separators="'.', '_', '-' or '@'"
         )
+        return self.check_distinct_kinds(node, path, "user", name)
 
     def read_password_hash(self, node: Node, path: str) -> str | None:
         value = self.string(node, path)
@@ -620,9 +654,10 @@ class _PolicyReader:
 
     def read_host_name(self, node: Node, path: str) -> str | None:
         name = self.read_declared_name(node, path, "host", self.declared.hosts)
-        return self.check_name_syntax(
+        name = self.check_name_syntax(
             node, path, "host", name, syntax=HOST_NAME, separators="'.', '_' or '-'"
         )
+        return self.check_distinct_kinds(node, path, "host", name)
 
     def read_roles(self, node: Node | None) -> tuple[PolicyRole, ...]:
         roles = []
@@ -649,9 +684,10 @@ class _PolicyReader:
 
     def read_role_name(self, node: Node, path: str) -> str | None:
         name = self.read_declared_name(node, path, "role", self.declared.roles)
-        return self.check_name_syntax(
+        name = self.check_name_syntax(
             node, path, "role", name, syntax=ROLE_NAME, separators="'.', '_' or '-'"
         )
+        return self.check_distinct_kinds(node, path, "role", name)
 
     def read_arn_patterns(self, node: Node, path: str) -> tuple[str, ...] | None:
         items = self.read_non_empty_strings(node, path)
@@ -727,6 +763,38 @@ class _PolicyReader:
             first_line = first.start_mark.line + 1
             self.report(
                 node, f"{path}: duplicate {kind} name {name!r} (first at line {first_line})"
+            )
+            return None
+        return name
+
+    def check_distinct_kinds(
+        self, node: Node, path: str, kind: str, name: str | None
+    ) -> str | None:
+        """Reject a user, host or role name that a principal of another kind already has.
+
+        `{name}` in a repository pattern is replaced by the name without its kind, so a
+        grant of `users/{name}/**` would give `user:alice` and `host:alice` the same
+        repositories. Users are read before hosts and hosts before roles, and the name
+        read later is the one reported.
+        """
+        if name is None:
+            return None
+        declared = {
+            "user": self.declared.users,
+            "host": self.declared.hosts,
+            "role": self.declared.roles,
+        }
+        for other_kind, names in declared.items():
+            first = names.get(name)
+            if other_kind == kind or first is None:
+                continue
+            first_line = first.start_mark.line + 1
+            self.report(
+                node,
+                f"{path}: {kind} name {name!r} is already the name of "
+                f"'{other_kind}:{name}' (line {first_line}). Users, hosts and roles need "
+                "distinct names, because {name} in a repository pattern is replaced by the "
+                "name without its kind",
             )
             return None
         return name

@@ -6,17 +6,23 @@ Applying version N of a policy:
 2. returns without a change when N's content hash equals the active version's;
 3. takes N from the counter `policy#sequence` and stores the source, hash, actor,
    time and role map in `policy#version#<N>`;
-4. writes N's entry into the `versions` map of every principal's `grants#` item, and
+4. adds N's entry to the `versions` map of every principal's `grants#` item, and
    creates `principal#` items for new principals;
-5. flips `policy#current` to N with one conditional write.
+5. flips `policy#current` to N with one conditional write;
+6. records N in `policy#history`, marking which versions stay retained.
 
 A token request reads `policy#current` and the principal's items together (see
 `regauth.stores`), so it sees the old version until step 5 and the new one after it,
-never a mix. A failure before step 5 leaves the old version active, and its partial
-entries are removed by a later apply. Each apply keeps the entries of the last
-`retained` versions (5 by default), and rollback flips the pointer back to one of
-them. Runtime attributes in `principal#` items are never written here, except that
-the items of a principal in no retained version are deleted.
+never a mix. Each apply retains the last `retained` versions (5 by default) and the
+version that was active before it, and rollback flips the pointer back to one of them.
+
+Nothing a retained version needs is removed before the flip. Step 4 removes only the
+entries of versions that the history already marks as not retained, and entries of
+applies that failed before their flip. So the entries of a version that step 6 stops
+retaining are removed by the next apply, and after a failure at any step every
+version that the history marks as retained can still be restored. Runtime attributes
+in `principal#` items are never written here, except that step 4 deletes the items of
+a principal that is in no retained version.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from regauth.errors import (
     PolicyConflictError,
     StoreUnavailableError,
 )
+from regauth.models import ANONYMOUS
 from regauth.stores import (
     GRANTS_PREFIX,
     POLICY_CURRENT_KEY,
@@ -217,11 +224,10 @@ class PolicyStore:
                 descriptions or compiled.descriptions,
                 encode_role_map(compiled.role_map()),
             )
-            history = self.history()
-            keep = self._versions_to_keep(history, previous, seq)
-            self._write_principals(compiled, seq, keep)
+            history = self._history_with_active(previous)
+            self._write_principals(compiled, seq, _retained_versions(history, previous))
             self._activate(seq, compiled.version, expected=previous)
-            self._record_history(history, entry, keep)
+            self._record_history(history, entry, self._versions_to_keep(history, previous, seq))
 
         logger.info(
             "policy version activated",
@@ -232,8 +238,8 @@ class PolicyStore:
     def rollback(self, seq: int, *, actor: str = "") -> ApplyResult:
         """Make retained version `seq` active again.
 
-        Raises InvalidAdminRequestError when `seq` was never applied or its entries
-        were already removed.
+        Raises InvalidAdminRequestError when `seq` was never applied, is no longer
+        retained, or its entries are missing from the table.
         """
         with self._lock(actor):
             pointer = self._get(POLICY_CURRENT_KEY)
@@ -249,28 +255,56 @@ class PolicyStore:
                 )
             if previous == seq:
                 return ApplyResult(seq, target.content_hash, False, previous, target.principals)
+            # Every compiled version has an `anonymous` entry. Activating a version
+            # without entries would resolve every principal, `anonymous` included, to
+            # None.
+            if str(seq) not in decode_versions(self._get(GRANTS_PREFIX + ANONYMOUS)):
+                raise InvalidAdminRequestError(
+                    "version",
+                    f"policy version {seq} cannot be restored because its entries are "
+                    "missing from the table: apply its policy file again instead",
+                )
             self._activate(seq, target.content_hash, expected=previous)
         return ApplyResult(seq, target.content_hash, True, previous, target.principals)
 
     # Steps.
+
+    def _history_with_active(self, active: int | None) -> list[PolicyVersion]:
+        """Return the history, with the active version added when it is missing.
+
+        The active version is missing when an earlier apply failed between its flip and
+        its history write. Its version item records it instead.
+        """
+        history = self.history()
+        if active is None or any(entry.seq == active for entry in history):
+            return history
+        item = self._version_item(active)
+        if item is None:
+            return history
+        return sorted([item, *history], key=lambda entry: entry.seq, reverse=True)
 
     def _versions_to_keep(
         self, history: list[PolicyVersion], active: int | None, new: int
     ) -> set[int]:
         applied = sorted(entry.seq for entry in history if entry.retained)
         keep = set(applied[-(self._retained - 1) :]) | {new}
-        # The active version is kept even when older, after a rollback, because
-        # readers use it until the new version is activated.
+        # The version that was active stays retained even when it is older, after a
+        # rollback, so that the apply can be undone.
         if active is not None:
             keep.add(active)
         return keep
 
-    def _write_principals(self, compiled: CompiledPolicy, seq: int, keep: set[int]) -> None:
+    def _write_principals(self, compiled: CompiledPolicy, seq: int, stored: set[int]) -> None:
+        """Add version `seq` to every principal, keeping the entries of `stored` versions.
+
+        Entries of other versions are dropped, and the items of a principal left with no
+        entry and absent from `compiled` are deleted.
+        """
         existing = dict(self._scan_grants())
         writes: list[dict[str, Any]] = []
         for principal in compiled.principals:
             item = existing.pop(principal.name, None)
-            versions = _kept(item, keep)
+            versions = _kept(item, stored)
             versions[str(seq)] = version_entry(principal)
             writes.append(
                 _put(GRANTS_PREFIX, principal.name, {"versions": encode_versions(versions)})
@@ -281,7 +315,7 @@ class PolicyStore:
                 writes.append(_put(PRINCIPAL_PREFIX, principal.name, {}))
 
         for name, item in existing.items():
-            versions = _kept(item, keep)
+            versions = _kept(item, stored)
             if versions == decode_versions(item):
                 continue
             if versions:
@@ -469,6 +503,15 @@ class PolicyStore:
             extra={"operation": operation, "error_code": code, "table": self._table},
         )
         return StoreUnavailableError(f"DynamoDB {operation} failed: {code}")
+
+
+def _retained_versions(history: list[PolicyVersion], active: int | None) -> set[int]:
+    """Return the versions whose entries must survive until the next flip."""
+    retained = {entry.seq for entry in history if entry.retained}
+    # Token requests read the active version until the flip.
+    if active is not None:
+        retained.add(active)
+    return retained
 
 
 def _kept(item: Mapping[str, Any] | None, keep: set[int]) -> dict[str, Any]:
