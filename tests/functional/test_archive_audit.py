@@ -17,7 +17,9 @@ from botocore.exceptions import ClientError
 
 from functions.archive_audit import app
 from regauth.archive import (
+    CHAIN_HEAD_KEY,
     GENESIS_DIGEST,
+    MAX_BODY_BYTES,
     AuditArchiver,
     AuditLogWriter,
     ChainLink,
@@ -209,6 +211,184 @@ def test_verify_date_range(archiver: AuditArchiver, reader: ArchiveReader) -> No
     assert outside.objects == 0
 
 
+def _delete_head() -> None:
+    boto3.client("dynamodb").delete_item(TableName=TABLE, Key={"pk": {"S": CHAIN_HEAD_KEY}})
+
+
+def _put_head(link: ChainLink) -> None:
+    boto3.client("dynamodb").put_item(
+        TableName=TABLE,
+        Item={
+            "pk": {"S": CHAIN_HEAD_KEY},
+            "sequence": {"N": str(link.sequence)},
+            "key": {"S": link.key},
+            "previous_digest": {"S": link.previous_digest},
+            "digest": {"S": link.digest},
+        },
+    )
+
+
+def _version_counts(bucket: str, key: str) -> tuple[int, int]:
+    listed = boto3.client("s3").list_object_versions(Bucket=bucket, Prefix=key)
+    return len(listed.get("Versions", [])), len(listed.get("DeleteMarkers", []))
+
+
+def test_verify_reports_missing_head(archiver: AuditArchiver, reader: ArchiveReader) -> None:
+    archive_batches(archiver, 2)
+    _delete_head()
+    report = reader.verify(head=archiver.chain_head())
+
+    assert report.broken is not None
+    assert report.broken.key == CHAIN_HEAD_KEY
+    assert "chain head item is missing" in report.broken.problem
+
+
+def test_verify_missing_head_hides_no_truncation(
+    archiver: AuditArchiver, reader: ArchiveReader, bucket: str
+) -> None:
+    links = archive_batches(archiver, 3)
+    boto3.client("s3").delete_object(Bucket=bucket, Key=links[2].key)
+    _delete_head()
+    report = reader.verify(head=archiver.chain_head())
+
+    assert report.broken is not None
+    assert report.broken.key == CHAIN_HEAD_KEY
+    assert report.broken.sequence == 2
+
+
+def test_verify_empty_archive_without_head(reader: ArchiveReader) -> None:
+    report = reader.verify(head=None)
+
+    assert report.ok
+    assert report.objects == 0
+
+
+def test_archiver_rejects_new_chain_over_archive(archiver: AuditArchiver, bucket: str) -> None:
+    archive_batches(archiver, 2)
+    _delete_head()
+
+    with pytest.raises(ArchiveUnavailableError, match="chain head item 'audit-chain#head'"):
+        archiver.archive([audit_line(principal="user:bob")])
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="audit/")
+    assert listed["KeyCount"] == 2
+    assert archiver.chain_head() is None
+
+
+def test_archiver_resumes_after_head_restored(
+    archiver: AuditArchiver, reader: ArchiveReader
+) -> None:
+    links = archive_batches(archiver, 2)
+    _delete_head()
+    with pytest.raises(ArchiveUnavailableError):
+        archiver.archive([audit_line(principal="user:bob")])
+    _put_head(links[1])
+    link = archiver.archive([audit_line(principal="user:bob")])
+
+    assert link is not None
+    assert link.sequence == 3
+    assert link.previous_digest == links[1].digest
+    assert reader.verify(head=archiver.chain_head()).ok
+
+
+def _rechain_from_second(bucket: str, links: list[ChainLink]) -> None:
+    """Rewrite the second object's content, then re-chain every later object and the head.
+
+    An insider who can write both the bucket and the table can do this. Only the extra
+    object versions that the versioned bucket keeps show the change.
+    """
+    s3 = boto3.client("s3")
+    previous = links[0].digest
+    for index, link in enumerate(links[1:], start=1):
+        original = s3.get_object(Bucket=bucket, Key=link.key)
+        body = gzip.decompress(original["Body"].read())
+        if index == 1:
+            body = body.replace(b"user:alice", b"user:mallo")
+        digest = chain_digest(previous, body)
+        s3.put_object(
+            Bucket=bucket,
+            Key=link.key,
+            Body=gzip.compress(body),
+            Metadata={
+                "chain-sequence": str(link.sequence),
+                "chain-previous": previous,
+                "chain-digest": digest,
+            },
+        )
+        rewritten = ChainLink(link.sequence, link.key, previous, digest)
+        previous = digest
+    _put_head(rewritten)
+
+
+def test_verify_detects_rechained_rewrite(
+    archiver: AuditArchiver, reader: ArchiveReader, bucket: str
+) -> None:
+    links = archive_batches(archiver, 3)
+    _rechain_from_second(bucket, links)
+    report = reader.verify(head=archiver.chain_head())
+
+    assert report.broken is not None
+    assert report.broken.key == links[1].key
+    assert "found 2 object version(s) and 0 delete marker(s)" in report.broken.problem
+
+
+def test_verify_detects_rewound_head(
+    archiver: AuditArchiver, reader: ArchiveReader, bucket: str
+) -> None:
+    links = archive_batches(archiver, 3)
+    boto3.client("s3").delete_object(Bucket=bucket, Key=links[2].key)
+    _put_head(links[1])
+    report = reader.verify(head=archiver.chain_head())
+
+    assert report.broken is not None
+    assert report.broken.key == links[2].key
+    assert "found 1 object version(s) and 1 delete marker(s)" in report.broken.problem
+
+
+def test_verify_detects_deleted_archive(
+    archiver: AuditArchiver, reader: ArchiveReader, bucket: str
+) -> None:
+    links = archive_batches(archiver, 2)
+    for link in links:
+        boto3.client("s3").delete_object(Bucket=bucket, Key=link.key)
+    _delete_head()
+    report = reader.verify(head=archiver.chain_head())
+
+    assert report.broken is not None
+    assert report.broken.key == links[0].key
+    assert "delete marker" in report.broken.problem
+
+
+def _truncated_gzip() -> bytes:
+    return gzip.compress(b'{"event_id":"e1"}\n' * 100)[:-12]
+
+
+@pytest.mark.parametrize(
+    ("content", "limit", "problem"),
+    [
+        (b"plain text, not gzip", MAX_BODY_BYTES, "is not valid gzip: BadGzipFile"),
+        (_truncated_gzip(), MAX_BODY_BYTES, "is not valid gzip: EOFError"),
+        (
+            gzip.compress(bytes(MAX_BODY_BYTES + 1)),
+            MAX_BODY_BYTES,
+            f"decompresses to more than {MAX_BODY_BYTES} bytes",
+        ),
+        (b"x" * 4096, 1024, "is larger than 1024 bytes"),
+    ],
+    ids=["not-gzip", "truncated", "gzip-bomb", "stored-too-large"],
+)
+def test_verify_reports_unreadable_object(
+    archiver: AuditArchiver, bucket: str, content: bytes, limit: int, problem: str
+) -> None:
+    links = archive_batches(archiver, 3)
+    boto3.client("s3").put_object(Bucket=bucket, Key=links[1].key, Body=content)
+    reader = ArchiveReader(boto3.client("s3"), bucket, max_body_bytes=limit)
+    report = reader.verify(head=archiver.chain_head())
+
+    assert report.broken is not None
+    assert report.broken.key == links[1].key
+    assert problem in report.broken.problem
+
+
 class FailingS3:
     """Delegates to a real client but fails the first `failures` PutObject calls."""
 
@@ -241,6 +421,53 @@ def test_s3_failure_then_retry_loses_nothing(bucket: str, reader: ArchiveReader)
     assert reader.verify(head=archiver.chain_head()).ok
     assert archiver.chain_head() is not None
     assert archiver.chain_head().sequence == 1  # type: ignore[union-attr]
+
+
+class FailingDynamoDB:
+    """Delegates to a real client but fails the first `failures` UpdateItem calls."""
+
+    def __init__(self, client: Any, failures: int) -> None:
+        self._client = client
+        self.failures = failures
+
+    def update_item(self, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            error = {"Error": {"Code": "InternalServerError", "Message": "injected"}}
+            raise ClientError(error, "UpdateItem")  # type: ignore[arg-type]
+        return self._client.update_item(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_retry_after_write_keeps_one_version(bucket: str, reader: ArchiveReader) -> None:
+    dynamodb = FailingDynamoDB(boto3.client("dynamodb"), failures=1)
+    archiver = AuditArchiver(boto3.client("s3"), dynamodb, bucket, TABLE)  # type: ignore[arg-type]
+    event = payload([audit_line()])
+
+    with pytest.raises(ArchiveUnavailableError):
+        app.handle(event, archiver)
+    result = app.handle(event, archiver)
+
+    assert _version_counts(bucket, result["key"]) == (1, 0)
+    assert reader.verify(head=archiver.chain_head()).ok
+
+
+def test_retry_rejects_foreign_object(bucket: str) -> None:
+    dynamodb = FailingDynamoDB(boto3.client("dynamodb"), failures=1)
+    archiver = AuditArchiver(boto3.client("s3"), dynamodb, bucket, TABLE)  # type: ignore[arg-type]
+    event = payload([audit_line()])
+    with pytest.raises(ArchiveUnavailableError):
+        app.handle(event, archiver)
+    head = archiver.chain_head()
+    assert head is not None
+    boto3.client("s3").put_object(
+        Bucket=bucket, Key=head.key, Body=gzip.compress(b"{}\n"), Metadata={"chain-digest": "0"}
+    )
+
+    with pytest.raises(ArchiveUnavailableError, match="already exists with chain digest '0'"):
+        app.handle(event, archiver)
 
 
 def test_duplicate_delivery_archives_once(
@@ -410,6 +637,28 @@ def test_cli_verify_reports_broken(archiver: AuditArchiver, stack: str, bucket: 
     assert lines[0].startswith("BROKEN at sequence 2")
 
 
+def test_cli_verify_reports_missing_head(archiver: AuditArchiver, stack: str) -> None:
+    archive_batches(archiver, 2)
+    _delete_head()
+    status, lines = _cli(["audit", "verify", "--stack", stack])
+
+    assert status == 2
+    assert lines[0].startswith("BROKEN at sequence 2, audit-chain#head:")
+
+
+def test_cli_search_reports_unreadable_object(
+    archiver: AuditArchiver, stack: str, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = archiver.archive([audit_line()])
+    assert link is not None
+    boto3.client("s3").put_object(Bucket=bucket, Key=link.key, Body=b"not gzip")
+    status, lines = _cli(["audit", "search", "--stack", stack, "--since", "1h"])
+
+    assert status == 1
+    assert lines == []
+    assert "is not valid gzip" in capsys.readouterr().err
+
+
 def test_cli_tail_prints_events(archiver: AuditArchiver, stack: str) -> None:
     archiver.archive([audit_line(principal="user:carol")])
     status, lines = _cli(["audit", "tail", "--stack", stack])
@@ -417,6 +666,18 @@ def test_cli_tail_prints_events(archiver: AuditArchiver, stack: str) -> None:
     assert status == 0
     assert "user:carol" in lines[0]
     assert "token.issued" in lines[0]
+
+
+def test_cli_tail_honours_since(archiver: AuditArchiver, stack: str) -> None:
+    old_time = (datetime.now(UTC) - timedelta(minutes=5)).isoformat(timespec="milliseconds")
+    archiver.archive(
+        [audit_line(principal="user:old", time=old_time), audit_line(principal="user:new")]
+    )
+    status, lines = _cli(["audit", "tail", "--since", "1m", "--stack", stack])
+
+    assert status == 0
+    assert len(lines) == 1
+    assert "user:new" in lines[0]
 
 
 def test_cli_replay_uses_stack_queue(archiver: AuditArchiver, stack: str) -> None:

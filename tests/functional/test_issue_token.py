@@ -248,7 +248,7 @@ def test_unknown_service_rejected(runtime: Runtime, users: Users, audit: MemoryA
     assert response["statusCode"] == 400
     assert body_of(response)["errors"][0]["code"] == "UNKNOWN_SERVICE"
     assert audit.events[-1].event_type == "request.rejected"
-    assert audit.events[-1].reason == "UnknownServiceError"
+    assert audit.events[-1].reason == "unknown_service"
 
 
 def test_missing_service_rejected(runtime: Runtime) -> None:

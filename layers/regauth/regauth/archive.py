@@ -14,13 +14,17 @@ that sequence order and key order agree. Object metadata records the chain:
 
 Editing, deleting or reordering an object therefore changes a digest that the next
 object records. The chain head (the last sequence and digest) lives in the DynamoDB
-table, so deleting the newest object is detected too.
+table, so deleting the newest object is detected too. A missing head starts a new
+chain only while the archive is empty, because otherwise deleting the head item
+would hide the deletion of the newest objects.
 
 Concurrent archivers reserve the next link with one DynamoDB transaction that moves
 the head only if nobody moved it since it was read. Duplicate deliveries are
 recognized by the batch id, a digest of the delivery's sorted event ids: the
-reservation item is keyed by it, so a second delivery reuses the first reservation,
-rewrites the same object and appends nothing new to the chain.
+reservation item is keyed by it, so a second delivery reuses the first reservation
+and appends nothing new to the chain. Objects are written with a conditional
+PutObject (`If-None-Match: *`), so a retry never adds a second version of an object
+and every key of an intact archive has exactly one version.
 """
 
 from __future__ import annotations
@@ -67,6 +71,12 @@ MAX_RESERVE_ATTEMPTS = 20
 # PutLogEvents accepts at most 10,000 events and 1,048,576 bytes per call. Audit
 # events are under 4 KiB, so 200 events stay well below the byte limit.
 LOG_BATCH_SIZE = 200
+# The largest object body, compressed or not, that the archiver writes and the reader
+# decompresses. A delivery is one asynchronous Lambda invocation, whose payload is at
+# most 1 MB of base64 gzip (Lambda Invoke API reference). That is about 22 MB of log
+# lines at an estimated 30:1 compression ratio, and the archived body keeps only part
+# of each line. The reader stops at the limit, so a gzip bomb cannot exhaust its memory.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,11 +260,20 @@ class AuditArchiver:
 
         Raises `ArchiveUnavailableError` if S3, DynamoDB or CloudWatch Logs fails, so
         that the caller's invocation fails and is retried. A retry of the same records
-        completes the reservation made by the failed attempt.
+        completes the reservation made by the failed attempt. It is also raised when
+        the chain head item is missing but the archive contains objects, because a new
+        chain would hide deleted objects. Raises `InvalidAuditPayloadError` if the
+        records encode to more than `MAX_BODY_BYTES`.
         """
         if not records:
             return None
         body = encode_records(records)
+        if len(body) > MAX_BODY_BYTES:
+            # The reader reports a larger object as broken, so it is never written.
+            raise InvalidAuditPayloadError(
+                f"batch of {len(records)} records encodes to {len(body)} bytes, more than "
+                f"the {MAX_BODY_BYTES}-byte object limit"
+            )
         batch = batch_id(records)
 
         link, state = self._reserve(batch, body)
@@ -284,6 +303,8 @@ class AuditArchiver:
                 return _link_from_item(existing), existing["state"]["S"]
 
             head = self._get(CHAIN_HEAD_KEY)
+            if head is None:
+                self._check_archive_empty()
             previous = GENESIS_DIGEST if head is None else head["digest"]["S"]
             sequence = 1 if head is None else int(head["sequence"]["N"]) + 1
             now = datetime.fromtimestamp(self._clock(), UTC)
@@ -301,6 +322,24 @@ class AuditArchiver:
             self._sleep(random.uniform(0, 0.05 * (attempt + 1)))  # noqa: S311 - jitter only
         raise ArchiveUnavailableError(
             f"could not reserve a chain link after {MAX_RESERVE_ATTEMPTS} attempts"
+        )
+
+    def _check_archive_empty(self) -> None:
+        # One ListObjectsV2 call, made only while the head item is missing: before the
+        # first object, or after someone deleted the item.
+        if not archive_has_objects(self._s3, self._bucket):
+            return
+        # Another archiver may have started the chain between our read of the head
+        # and the listing. Then the head exists now, and the caller's conditional
+        # reservation fails and retries with it.
+        if self._get(CHAIN_HEAD_KEY) is not None:
+            return
+        raise ArchiveUnavailableError(
+            f"the chain head item {CHAIN_HEAD_KEY!r} is missing from table {self._table!r}, "
+            f"but bucket {self._bucket!r} already contains objects under {ARCHIVE_PREFIX!r}, so a "
+            "new chain would hide deleted objects. Run `regauth audit verify`, restore the "
+            "head item from the newest object's chain metadata, then `regauth audit replay` "
+            "(see 'Restoring the chain head' in docs/audit.md)"
         )
 
     def _try_reserve(
@@ -349,9 +388,13 @@ class AuditArchiver:
         return True
 
     def _put_object(self, link: ChainLink, body: bytes) -> None:
-        # mtime=0 keeps the compressed bytes identical when a batch is written again.
+        # mtime=0 makes the compressed bytes depend on the body alone.
         compressed = gzip.compress(body, mtime=0)
-        with translate_aws_errors("s3:PutObject"):
+        try:
+            # `If-None-Match: *` fails with 412 if the key has a current version, so a
+            # retry of a reservation whose object was already written adds no second
+            # version (S3 user guide, "How to prevent object overwrites with
+            # conditional writes").
             self._s3.put_object(
                 Bucket=self._bucket,
                 Key=link.key,
@@ -359,12 +402,32 @@ class AuditArchiver:
                 ContentType="application/x-ndjson",
                 ContentEncoding="gzip",
                 ChecksumAlgorithm="SHA256",
+                IfNoneMatch="*",
                 Metadata={
                     "chain-sequence": str(link.sequence),
                     "chain-previous": link.previous_digest,
                     "chain-digest": link.digest,
                 },
             )
+        except ClientError as exc:
+            if _error_code(exc) != "PreconditionFailed":
+                raise _unavailable("s3:PutObject", exc) from exc
+            self._check_written(link)
+        except BotoCoreError as exc:
+            raise _unavailable("s3:PutObject", exc) from exc
+
+    def _check_written(self, link: ChainLink) -> None:
+        """Raise unless the existing object at `link.key` records this link's digest."""
+        with translate_aws_errors("s3:HeadObject"):
+            existing = self._s3.head_object(Bucket=self._bucket, Key=link.key)
+        recorded = (existing.get("Metadata") or {}).get("chain-digest")
+        if recorded != link.digest:
+            raise ArchiveUnavailableError(
+                f"object {link.key!r} already exists with chain digest {recorded!r}, not the "
+                f"reserved {link.digest!r}: the archive was changed outside the archiver. "
+                "Run `regauth audit verify`"
+            )
+        logger.info("object already written by an earlier attempt", extra={"key": link.key})
 
     def _mark_archived(self, batch: str) -> None:
         with translate_aws_errors("dynamodb:UpdateItem"):
@@ -477,6 +540,17 @@ def get_archiver() -> AuditArchiver:
     return build_archiver(load_archive_settings())
 
 
+def archive_has_objects(s3: S3Client, bucket: str) -> bool:
+    """Return whether any object is listed under the archive prefix, with one request.
+
+    Objects hidden by a delete marker are not listed, so deleted objects are not
+    counted. `ArchiveReader.verify` finds those through their versions.
+    """
+    with translate_aws_errors("s3:ListObjectsV2"):
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=ARCHIVE_PREFIX, MaxKeys=1)
+    return listed.get("KeyCount", 0) > 0
+
+
 def _link_from_item(item: Mapping[str, Any]) -> ChainLink:
     return ChainLink(
         sequence=int(item["sequence"]["N"]),
@@ -491,10 +565,13 @@ def _parse_time(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _error_code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "Unknown")
+
+
 def _unavailable(operation: str, exc: Exception) -> ArchiveUnavailableError:
     if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        return ArchiveUnavailableError(f"{operation} failed with {code}")
+        return ArchiveUnavailableError(f"{operation} failed with {_error_code(exc)}")
     return ArchiveUnavailableError(f"{operation} failed with {type(exc).__name__}")
 
 

@@ -170,10 +170,17 @@ def _search(reader: ArchiveReader, args: argparse.Namespace, out: Callable[[str]
 
 
 def _tail(reader: ArchiveReader, args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    start = parse_moment(args.since, datetime.now(UTC))
+    since = parse_moment(args.since, datetime.now(UTC))
+    start = since
     printed: set[str] = set()
     while True:
-        fresh = [r for r in reader.records(start) if r["event_id"] not in printed]
+        # Listing works by hour partition, so events older than `--since` in the same
+        # hour are filtered out here, as `search` does.
+        fresh = [
+            r
+            for r in reader.records(start)
+            if r["event_id"] not in printed and _within(r, since, None)
+        ]
         fresh.sort(key=lambda r: (r["time"], r["event_id"]))
         _print_records(fresh, args.json, out)
         printed.update(r["event_id"] for r in fresh)

@@ -1,4 +1,4 @@
-"""The `regauth` command: run the local service and manage passwords."""
+"""The `regauth` command: the local service, policies, administration, audit and sign-in."""
 
 from __future__ import annotations
 

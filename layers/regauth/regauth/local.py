@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import importlib.util
 import json
 import logging
@@ -32,11 +31,12 @@ import boto3
 from aws_lambda_powertools import Logger
 
 from regauth.archive import AuditArchiver
-from regauth.audit import LoggerAuditSink, RequestContext, policy_event
+from regauth.audit import LoggerAuditSink, RequestContext
 from regauth.audit_local import ArchivingAuditSink
-from regauth.policy import compile_policy, load_policy
+from regauth.policy import load_policy
+from regauth.policy_apply import apply_policy_text
+from regauth.policy_store import PolicyStore
 from regauth.runtime import use_audit_sink
-from regauth.stores import DynamoStore
 from regauth.template import (
     ApiRoute,
     api_routes,
@@ -326,17 +326,6 @@ def start_local_audit(bucket: str, table_name: str) -> ArchivingAuditSink:
     return sink
 
 
-def apply_policy_file(path: Path, table_name: str) -> str:
-    """Validate, compile and apply a policy file; return the applied version."""
-    text = path.read_text(encoding="utf-8")
-    compiled = compile_policy(load_policy(text, source=str(path)))
-    # The text is stored with the version, so `regauth policy diff --state-dir` can
-    # compare a file with it.
-    store = DynamoStore(boto3.client("dynamodb"), table_name)
-    store.apply_policy(compiled, actor="regauth serve", source=str(path), text=text)
-    return compiled.version
-
-
 def registry_config_block(options: ServeOptions, token_url: str, bundle: Path) -> str:
     return (
         "auth:\n"
@@ -394,16 +383,17 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
                 "REGAUTH_IAM_STS_ENDPOINT": f"http://{moto_host}:{moto_port}/",
             }
         )
-        version = apply_policy_file(options.policy, table_name)
-        logger.info("policy applied", policy=str(options.policy), version=version)
-        audit_sink.emit(
-            policy_event(
-                RequestContext(registry_service=",".join(options.services)),
-                actor="regauth serve",
-                version=version,
-                content_hash=hashlib.sha256(options.policy.read_bytes()).hexdigest(),
-            )
+        # The same apply path as `regauth policy apply`, so the audit event carries the
+        # version number and canonical content hash that `show_policy` reports.
+        outcome = apply_policy_text(
+            PolicyStore(boto3.client("dynamodb"), table_name),
+            audit_sink,
+            options.policy.read_text(encoding="utf-8"),
+            source=str(options.policy),
+            actor="regauth serve",
+            context=RequestContext(registry_service=",".join(options.services)),
         )
+        logger.info("policy applied", policy=str(options.policy), version=outcome.version)
 
         gateway = LocalGateway({(r.method, r.path): (r, load_handler(r)) for r in routes})
         status, _, pem = gateway.invoke("GET", "/certificates", [], b"", "127.0.0.1")

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -38,6 +39,12 @@ USER_PREFIX = "user:"
 # Longer user names are rejected before any table read.
 MAX_USERNAME_LENGTH = 128
 REFRESH_TOKEN_PREFIX = "rt1"  # noqa: S105 - a format marker, not a secret
+
+
+def reason_code(exc: Exception) -> str:
+    """Derive an audit reason code from the error class, such as `unknown_service`."""
+    name = type(exc).__name__.removesuffix("Error")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def credential_fingerprint(principal: Principal) -> str:
@@ -166,7 +173,7 @@ class TokenService:
                 outcome="failure",
                 context=context,
                 principal=getattr(exc, "principal", None),
-                reason=getattr(exc, "reason", None) or type(exc).__name__,
+                reason=getattr(exc, "reason", None) or reason_code(exc),
                 details={"message": str(exc)},
             )
         )
@@ -523,7 +530,7 @@ class TokenService:
         exc: RegauthError,
         principal: str | None,
     ) -> None:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
+        reason = getattr(exc, "reason", None) or reason_code(exc)
         self._audit.emit(
             AuditEvent(
                 event_type=event_type,
