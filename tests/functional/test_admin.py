@@ -183,6 +183,13 @@ def test_bad_payload_names_field(
     assert audit.events[-1].outcome == "failure"
 
 
+def test_group_principal_explained(admin: AdminService) -> None:
+    response = run(admin, action="disable", principal="group:developers")
+    assert response["ok"] is False
+    assert response["error"]["field"] == "principal"
+    assert "is a group" in response["error"]["message"]
+
+
 def test_payload_not_object(admin: AdminService) -> None:
     response = admin_app.handle(["explain"], admin)
     assert response["error"]["field"] == "action"

@@ -96,12 +96,16 @@ def test_upload_audited_with_actor(
     assert event.context.source_ip == "203.0.113.9"
 
 
-def test_upload_same_file_unchanged(s3: Any, handler: PolicyUploadHandler) -> None:
+def test_upload_same_file_unchanged(
+    s3: Any, handler: PolicyUploadHandler, audit: MemoryAuditSink
+) -> None:
     app.handle(upload(s3, VALID), handler)
     app.handle(upload(s3, VALID), handler)
     result = result_file(s3)
     assert result["status"] == "unchanged"
     assert result["version"] == 1
+    applied = [e for e in audit.events if e.event_type == "policy.applied"]
+    assert [e.details["changed"] for e in applied] == [True, False]
 
 
 def test_invalid_upload_rejected(

@@ -217,6 +217,12 @@ class AdminService:
                 "principal",
                 f"principal {name!r} must be 'user:NAME', 'host:NAME', 'role:NAME' or 'anonymous'",
             )
+        if name.startswith("group:"):
+            raise InvalidAdminRequestError(
+                "principal",
+                f"{name!r} is a group, and admin actions apply to principals that sign in: "
+                "name one of its members instead",
+            )
         principal = self._store.get_principal(name)
         if principal is None:
             raise InvalidAdminRequestError(
@@ -232,7 +238,9 @@ class AdminService:
         values = [raw_scopes] if isinstance(raw_scopes, str) else raw_scopes
         if not isinstance(values, list) or not values or len(values) > MAX_SCOPES:
             raise InvalidAdminRequestError(
-                "scope", f"field 'scope' must be a scope string or a list of 1 to {MAX_SCOPES}"
+                "scope",
+                f"field 'scope' must be a scope string "
+                f"or a list of 1 to {MAX_SCOPES} scope strings",
             )
         try:
             scopes = [parse_scope(value) for value in values if isinstance(value, str)]

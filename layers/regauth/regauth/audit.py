@@ -125,11 +125,17 @@ def policy_event(
     version: str,
     content_hash: str,
     problems: Sequence[str] = (),
+    changed: bool | None = None,
 ) -> AuditEvent:
-    """Record a policy that was applied, or rejected when `problems` is not empty."""
+    """Record a policy that was applied, or rejected when `problems` is not empty.
+
+    `changed` is False when the applied content was already the active version.
+    """
     details: dict[str, Any] = {"version": version, "content_hash": content_hash}
     if problems:
         details["problems"] = list(problems)
+    if changed is not None:
+        details["changed"] = changed
     return AuditEvent(
         event_type="policy.rejected" if problems else "policy.applied",
         outcome="failure" if problems else "success",

@@ -133,7 +133,8 @@ def format_record(record: dict[str, Any]) -> str:
         facts.append(f"method={record['auth_method']}")
     granted = details.get("granted")
     if granted is not None:
-        scopes = [f"{g['type']}:{g['name']}:{','.join(g['actions'])}" for g in granted]
+        # An entry with no granted action shows `-`, so it does not look truncated.
+        scopes = [f"{g['type']}:{g['name']}:{','.join(g['actions']) or '-'}" for g in granted]
         facts.append("granted=" + (" ".join(scopes) or "-"))
     for name in ("jti", "version", "action", "target", "serial"):
         if details.get(name):

@@ -95,7 +95,11 @@ def apply_policy_text(
     )
     audit.emit(
         policy_event(
-            context, actor=actor, version=str(result.version), content_hash=result.content_hash
+            context,
+            actor=actor,
+            version=str(result.version),
+            content_hash=result.content_hash,
+            changed=result.changed,
         )
     )
     status = "applied" if result.changed else "unchanged"
