@@ -8,7 +8,9 @@ Everything lives in one table with a string partition key `pk`:
   writes these attributes.
 - `grants#<name>`: the principal as each retained policy version compiled it, in
   `versions`, a JSON object keyed by version number: grants and denies, the policy's
-  password hash and its disable flag. Only applying a policy writes it
+  password hash and its disable flag. Versions that stopped being retained, and
+  entries of an apply that failed before its flip, stay until the next apply removes
+  them, so an item can hold up to two versions more. Only applying a policy writes it
   (`regauth.policy_store`). JSON text instead of nested DynamoDB maps keeps the item
   cheap to read and write, both for DynamoDB and for the JSON parsing in a request.
 - `policy#current`: the number (`seq`) and content hash of the active version.
@@ -60,7 +62,7 @@ _deserializer = TypeDeserializer()
 
 
 class IdentityStore(Protocol):
-    """What the token service reads and writes. `DynamoStore` is the implementation."""
+    """The storage interface of the token service, implemented by `DynamoStore`."""
 
     def get_principal(self, name: str) -> Principal | None: ...
 
@@ -391,7 +393,7 @@ class DynamoStore:
                     if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                         raise
                 # Either the principal does not exist, or another request started a
-                # new window between the two writes. Only a read tells which.
+                # new window between the two writes. A read distinguishes the two.
                 if self._get(PRINCIPAL_PREFIX + name, consistent=True) is None:
                     return 0, 0
         except ClientError as exc:
