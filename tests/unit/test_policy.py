@@ -1190,3 +1190,19 @@ def test_authorize_example_policy(example_compiled: CompiledPolicy, case: Exampl
     entries = authorize(principal, [requested])
 
     assert entries == (AccessEntry(case.resource_type, case.name, case.granted),)
+
+
+def test_load_policy_reports_placeholder_with_other_problems() -> None:
+    text = (
+        "users:\n"
+        "  - name: alice\n"
+        "    pasword_hash: x\n"
+        "grants:\n"
+        "  - to: anonymous\n"
+        "    repositories: ['users/{name}/**']\n"
+        "    actions: [pull]\n"
+    )
+    messages = [problem.message for problem in problems_of(text)]
+    assert len(messages) == 2
+    assert "pasword_hash" in messages[0]
+    assert "{name} cannot be used in a grant to 'anonymous'" in messages[1]

@@ -470,11 +470,14 @@ class _PolicyReader:
         # Members are checked once every name is known, so a group may list a group
         # defined after it.
         self.check_members()
-        self.check_group_cycles()
+        has_cycles = self.check_group_cycles()
         policy = Policy(
             users=users, groups=groups, grants=grants, hosts=hosts, denies=denies, roles=roles
         )
-        if not self.problems:
+        # The placeholder check runs on the entries that were valid, so one pass
+        # reports its problems together with the others. It walks group membership,
+        # which a cycle would make endless.
+        if not has_cycles:
             self.check_placeholders(policy)
         return policy
 
@@ -1099,10 +1102,14 @@ class _PolicyReader:
         if not known:
             self.report(node, f"{path}: unknown member {member!r}: no {kind} named {name!r}")
 
-    def check_group_cycles(self) -> None:
+    def check_group_cycles(self) -> bool:
+        """Report every membership cycle; return whether there was one."""
+        found = False
         for cycle, node in _find_cycles(self.declared.group_members):
             chain = " -> ".join(f"{GROUP_PREFIX}{name}" for name in cycle)
             self.report(node, f"groups contain each other in a cycle: {chain}")
+            found = True
+        return found
 
     def check_placeholders(self, policy: Policy) -> None:
         """Check that `{name}` gives a valid pattern for every principal a rule reaches."""
