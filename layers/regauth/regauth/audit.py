@@ -53,7 +53,7 @@ RECORD_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """Who sent a request and through which call, copied into every event."""
+    """The caller and call a request came from, copied into every event."""
 
     request_id: str = ""
     source_ip: str = ""
@@ -63,7 +63,7 @@ class RequestContext:
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One audit record. `details` holds event-specific fields, never secrets."""
+    """One audit record. `details` contains event-specific fields, never secrets."""
 
     event_type: EventType
     outcome: Literal["success", "failure"]

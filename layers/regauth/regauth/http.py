@@ -55,7 +55,7 @@ ApiGatewayResponse = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class ErrorResponse:
-    """How one error class is rendered: HTTP status, registry code, OAuth2 error."""
+    """The rendering of one error class: HTTP status, registry code, OAuth2 error."""
 
     status: int
     registry_code: str

@@ -311,8 +311,8 @@ class TokenService:
         if not is_host(principal.name):
             self._check_lockout(principal, now)
         if principal.disabled:
-            # Hash anyway, as for unknown names, so a disabled account cannot be told
-            # apart by its faster response.
+            # Hash anyway, as for unknown names, so a faster response does not reveal
+            # that the account exists but is disabled.
             verify_password(self._dummy_password_hash(), credentials.password)
             raise InvalidCredentialsError(
                 "invalid username or password", reason="principal_disabled", principal=claimed
