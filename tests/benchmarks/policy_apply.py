@@ -86,7 +86,8 @@ def run() -> int:
     import boto3
 
     from regauth.local import provision
-    from regauth.policy import compile_policy, load_policy
+    from regauth.policy import compile_policy
+    from regauth.policy_file import load_policy
     from regauth.policy_store import PolicyStore
     from regauth.template import load_template
 

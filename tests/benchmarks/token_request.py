@@ -77,7 +77,8 @@ def run() -> int:
     from regauth.config import Settings
     from regauth.local import provision
     from regauth.passwords import hash_password
-    from regauth.policy import compile_policy, load_policy
+    from regauth.policy import compile_policy
+    from regauth.policy_file import load_policy
     from regauth.runtime import build_runtime, make_clients
     from regauth.service import TokenService
     from regauth.template import load_template

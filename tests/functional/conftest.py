@@ -23,7 +23,8 @@ from regauth.audit import MemoryAuditSink
 from regauth.config import Settings
 from regauth.local import provision
 from regauth.passwords import hash_password
-from regauth.policy import compile_policy, load_policy
+from regauth.policy import compile_policy
+from regauth.policy_file import load_policy
 from regauth.runtime import Runtime, build_runtime, make_clients
 from regauth.stores import DynamoStore
 from regauth.template import load_template

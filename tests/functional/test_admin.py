@@ -14,7 +14,8 @@ from functions.issue_token import app as token_app
 from regauth.admin import AdminService
 from regauth.audit import MemoryAuditSink
 from regauth.passwords import hash_password
-from regauth.policy import compile_policy, load_policy
+from regauth.policy import compile_policy
+from regauth.policy_file import load_policy
 from regauth.runtime import Runtime
 from tests.functional.conftest import (
     SERVICE,

@@ -17,7 +17,8 @@ from regauth.admin import AdminService
 from regauth.audit import MemoryAuditSink
 from regauth.config import Settings
 from regauth.iam import SERVER_ID_HEADER
-from regauth.policy import compile_policy, load_policy
+from regauth.policy import compile_policy
+from regauth.policy_file import load_policy
 from regauth.policy_store import PolicyStore
 from regauth.runtime import Runtime, build_runtime, make_clients
 from tests.functional.conftest import EVENTS, SERVICE, TABLE

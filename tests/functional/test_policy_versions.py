@@ -9,7 +9,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from regauth.errors import InvalidAdminRequestError, PolicyConflictError, StoreUnavailableError
-from regauth.policy import compile_policy, load_policy
+from regauth.policy import compile_policy
+from regauth.policy_file import load_policy
 from regauth.policy_store import LOCK_KEY, PolicyStore
 from regauth.runtime import Runtime
 from regauth.stores import DynamoStore

@@ -24,8 +24,8 @@ from regauth.policy import (
     authorize,
     authorize_with_reasons,
     compile_policy,
-    load_policy,
 )
+from regauth.policy_file import load_policy
 
 EXAMPLE_POLICY = Path(__file__).parents[2] / "examples" / "policy.yaml"
 

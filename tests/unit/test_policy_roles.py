@@ -9,8 +9,9 @@ import pytest
 from regauth.errors import PolicyError, PolicyProblem
 from regauth.iam import RoleMap
 from regauth.models import Principal
-from regauth.policy import CompiledPolicy, compile_policy, load_policy, policy_version
+from regauth.policy import CompiledPolicy, compile_policy, policy_version
 from regauth.policy_diff import diff_policies, format_diff
+from regauth.policy_file import load_policy
 from regauth.roles import RoleMapCache
 from regauth.stores import decode_role_map, encode_role_map, principal_from_items, version_entry
 

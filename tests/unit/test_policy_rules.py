@@ -19,9 +19,9 @@ from regauth.policy import (
     authorize_with_reasons,
     compile_policy,
     explain,
-    load_policy,
 )
 from regauth.policy_diff import diff_policies, format_diff
+from regauth.policy_file import load_policy
 
 RULES = """\
 users:

@@ -119,7 +119,8 @@ def _hash_password() -> int:
 
 
 def _validate_policy(path: Path) -> int:
-    from regauth.policy import compile_policy, load_policy
+    from regauth.policy import compile_policy
+    from regauth.policy_file import load_policy
 
     try:
         compiled = compile_policy(load_policy(path.read_text(encoding="utf-8"), source=str(path)))
@@ -140,7 +141,8 @@ def _apply_policy(path: Path, table: str) -> int:
     from botocore.exceptions import NoCredentialsError, NoRegionError
 
     from regauth.errors import RegauthError
-    from regauth.policy import compile_policy, load_policy
+    from regauth.policy import compile_policy
+    from regauth.policy_file import load_policy
     from regauth.stores import DynamoStore
 
     try:

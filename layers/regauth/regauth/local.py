@@ -33,8 +33,8 @@ from aws_lambda_powertools import Logger
 from regauth.archive import AuditArchiver
 from regauth.audit import LoggerAuditSink, RequestContext
 from regauth.audit_local import ArchivingAuditSink
-from regauth.policy import load_policy
 from regauth.policy_apply import apply_policy_text
+from regauth.policy_file import load_policy
 from regauth.policy_store import PolicyStore
 from regauth.runtime import use_audit_sink
 from regauth.template import (

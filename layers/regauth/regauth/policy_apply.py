@@ -21,7 +21,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from regauth.audit import AuditSink, RequestContext, policy_event
 from regauth.errors import PolicyError, RegauthError, StoreUnavailableError
-from regauth.policy import compile_policy, load_policy, policy_version
+from regauth.policy import compile_policy, policy_version
+from regauth.policy_file import load_policy
 from regauth.policy_store import PolicyStore
 
 if TYPE_CHECKING:

@@ -159,7 +159,8 @@ def admin_payload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _validate(files: list[Path], out: Output) -> int:
-    from regauth.policy import compile_policy, load_policy
+    from regauth.policy import compile_policy
+    from regauth.policy_file import load_policy
 
     status = 0
     for path in files:
@@ -177,8 +178,8 @@ def _validate(files: list[Path], out: Output) -> int:
 
 
 def _diff(args: argparse.Namespace, out: Output) -> int:
-    from regauth.policy import load_policy
     from regauth.policy_diff import diff_policies, format_diff
+    from regauth.policy_file import load_policy
 
     new = load_policy(args.file.read_text(encoding="utf-8"), source=str(args.file))
     applied_text, applied_label = _applied_source(args)
