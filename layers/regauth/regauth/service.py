@@ -181,43 +181,16 @@ class TokenService:
     def _issue(
         self, request: TokenRequest, context: RequestContext, iam_caller_arn: str | None = None
     ) -> IssuedToken:
-        if not request.service:
-            raise InvalidRequestError(
-                "parameter 'service' is required: it names the registry the token is for"
-            )
-        if request.service not in self._settings.services:
-            raise UnknownServiceError(
-                f"unknown service {request.service!r}: this token server issues tokens "
-                f"for {', '.join(self._settings.services)}"
-            )
-        if request.offline and not request.client_id:
-            raise InvalidRequestError("client_id is required when requesting a refresh token")
-
-        caller_arn = iam_caller_arn
-        if iam_caller_arn is not None:
-            # API Gateway verified the SigV4 signature of this request (AWS_IAM auth).
-            principal, auth_method = (
-                self._principal_for_arn(principal_arn(iam_caller_arn)),
-                "aws_iam",
-            )
-        elif request.grant_type == "refresh_token":
-            principal, auth_method = self._authenticate_refresh(request), "refresh_token"
-            self._emit_refresh_used(principal, request, context)
-        elif request.credentials is None:
-            principal, auth_method = self._anonymous(), "anonymous"
-        elif request.credentials.username == IAM_USERNAME:
-            principal, caller_arn = self._authenticate_iam(request)
-            auth_method = "aws_iam"
-        else:
-            principal, auth_method = self._authenticate_password(request), "password"
+        self._check_request(request)
+        principal, auth_method, caller_arn = self._authenticate(request, context, iam_caller_arn)
 
         # Conditions on grants are checked against this request's address and time.
+        now = datetime.fromtimestamp(self._clock(), UTC).replace(microsecond=0)
         access, dropped = authorize_with_reasons(
-            principal, request.scopes, source_ip=request.source_ip, now=int(self._clock())
+            principal, request.scopes, source_ip=request.source_ip, now=int(now.timestamp())
         )
 
         signing_key = self._signing.current()
-        now = datetime.fromtimestamp(self._clock(), UTC).replace(microsecond=0)
         claims = new_claims(
             issuer=self._settings.issuer,
             subject=principal.display_name,
@@ -263,6 +236,38 @@ class TokenService:
             access=access,
             refresh_token=refresh_token,
         )
+
+    def _check_request(self, request: TokenRequest) -> None:
+        if not request.service:
+            raise InvalidRequestError(
+                "parameter 'service' is required: it names the registry the token is for"
+            )
+        if request.service not in self._settings.services:
+            raise UnknownServiceError(
+                f"unknown service {request.service!r}: this token server issues tokens "
+                f"for {', '.join(self._settings.services)}"
+            )
+        if request.offline and not request.client_id:
+            raise InvalidRequestError("client_id is required when requesting a refresh token")
+
+    def _authenticate(
+        self, request: TokenRequest, context: RequestContext, iam_caller_arn: str | None
+    ) -> tuple[Principal, str, str | None]:
+        """Return the principal, the authentication method and any verified IAM caller ARN."""
+        if iam_caller_arn is not None:
+            # API Gateway verified the SigV4 signature of this request (AWS_IAM auth).
+            principal = self._principal_for_arn(principal_arn(iam_caller_arn))
+            return principal, "aws_iam", iam_caller_arn
+        if request.grant_type == "refresh_token":
+            principal = self._authenticate_refresh(request)
+            self._emit_refresh_used(principal, request, context)
+            return principal, "refresh_token", None
+        if request.credentials is None:
+            return self._anonymous(), "anonymous", None
+        if request.credentials.username == IAM_USERNAME:
+            principal, caller_arn = self._authenticate_iam(request)
+            return principal, "aws_iam", caller_arn
+        return self._authenticate_password(request), "password", None
 
     def _anonymous(self) -> Principal:
         # Without an applied policy there is no anonymous item, and anonymous gets
