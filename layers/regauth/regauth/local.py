@@ -368,21 +368,7 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
         write_local_state(
             options.state_dir.resolve(), f"http://{moto_host}:{moto_port}", bucket, table_name
         )
-        os.environ.update(
-            {
-                "REGAUTH_TABLE": table_name,
-                "REGAUTH_KEY_ID": key_id,
-                "REGAUTH_SERVICES": ",".join(options.services),
-                "REGAUTH_ISSUER": options.issuer,
-                "REGAUTH_TOKEN_TTL": str(options.token_ttl),
-                "POWERTOOLS_SERVICE_NAME": "regauth",
-                # IAM proofs go to the embedded moto server, whose STS returns the caller of
-                # GetCallerIdentity for the roles and users created in it. moto does
-                # not check signatures, but regauth's own checks all still apply.
-                "REGAUTH_IAM_SERVER_ID": options.iam_server_id or options.services[0],
-                "REGAUTH_IAM_STS_ENDPOINT": f"http://{moto_host}:{moto_port}/",
-            }
-        )
+        _set_handler_environment(options, table_name, key_id, f"http://{moto_host}:{moto_port}/")
         # The same apply path as `regauth policy apply`, so the audit event carries the
         # version number and canonical content hash that `show_policy` reports.
         outcome = apply_policy_text(
@@ -396,15 +382,7 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
         logger.info("policy applied", policy=str(options.policy), version=outcome.version)
 
         gateway = LocalGateway({(r.method, r.path): (r, load_handler(r)) for r in routes})
-        status, _, pem = gateway.invoke("GET", "/certificates", [], b"", "127.0.0.1")
-        if status != 200:
-            raise RuntimeError(f"could not create the root certificate (HTTP {status})")
-        bundle = options.state_dir.resolve() / "root-certificates.pem"
-        # Written to a temporary file and renamed, so a registry starting now reads
-        # either the old bundle or the new one, never a partial file.
-        partial = bundle.with_suffix(".pem.tmp")
-        partial.write_bytes(pem)
-        partial.replace(bundle)
+        bundle = _write_root_bundle(gateway, options.state_dir.resolve())
 
         http_server.RequestHandlerClass = _make_request_handler(gateway, logger)
         port = http_server.server_address[1]
@@ -425,6 +403,41 @@ def serve(options: ServeOptions, *, ready: Callable[[str], None] = print) -> Non
             audit_sink.close()
             use_audit_sink(None)
         moto_server.stop()
+
+
+def _set_handler_environment(
+    options: ServeOptions, table_name: str, key_id: str, moto_endpoint: str
+) -> None:
+    """Set the variables that `regauth.config.load_settings` reads in the handlers."""
+    os.environ.update(
+        {
+            "REGAUTH_TABLE": table_name,
+            "REGAUTH_KEY_ID": key_id,
+            "REGAUTH_SERVICES": ",".join(options.services),
+            "REGAUTH_ISSUER": options.issuer,
+            "REGAUTH_TOKEN_TTL": str(options.token_ttl),
+            "POWERTOOLS_SERVICE_NAME": "regauth",
+            # IAM proofs go to the embedded moto server, whose STS returns the caller of
+            # GetCallerIdentity for the roles and users created in it. moto does
+            # not check signatures, but regauth's own checks all still apply.
+            "REGAUTH_IAM_SERVER_ID": options.iam_server_id or options.services[0],
+            "REGAUTH_IAM_STS_ENDPOINT": moto_endpoint,
+        }
+    )
+
+
+def _write_root_bundle(gateway: LocalGateway, state_dir: Path) -> Path:
+    """Fetch the root certificate through the handler and write the registry's bundle."""
+    status, _, pem = gateway.invoke("GET", "/certificates", [], b"", "127.0.0.1")
+    if status != 200:
+        raise RuntimeError(f"could not create the root certificate (HTTP {status})")
+    bundle = state_dir / "root-certificates.pem"
+    # Written to a temporary file and renamed, so a registry starting now reads
+    # either the old bundle or the new one, never a partial file.
+    partial = bundle.with_suffix(".pem.tmp")
+    partial.write_bytes(pem)
+    partial.replace(bundle)
+    return bundle
 
 
 class ServeError(Exception):
