@@ -646,3 +646,30 @@ def test_unexpected_error_still_audited(
     assert last.event_type == "service.unavailable"
     assert last.reason == "internal_error"
     assert "internal detail" not in json.dumps(last.to_record())
+
+
+def test_unknown_name_locked_out_like_real_one(runtime: Runtime, clock: FakeClock) -> None:
+    limit = runtime.settings.max_failed_logins
+    statuses = [
+        issue_get(runtime, [], basic("no-such-user", f"guess-{i}"))["statusCode"]
+        for i in range(limit + 1)
+    ]
+    # A real user gets 401 ten times and then 429, so an unknown name must too.
+    assert statuses == [401] * limit + [429]
+
+    clock.advance(runtime.settings.lockout_seconds + 1)
+    assert issue_get(runtime, [], basic("no-such-user", "again"))["statusCode"] == 401
+
+
+def test_unknown_name_counter_expires(runtime: Runtime, clock: FakeClock) -> None:
+    issue_get(runtime, [], basic("ghost", "x"))
+    items = runtime.clients.dynamodb.scan(
+        TableName=runtime.settings.table_name,
+        FilterExpression="begins_with(pk, :prefix)",
+        ExpressionAttributeValues={":prefix": {"S": "attempts#"}},
+    )["Items"]
+    assert len(items) == 1
+    # Keyed by a digest, so the table does not hold the guessed name itself.
+    assert "ghost" not in json.dumps(items)
+    expires_at = int(items[0]["expires_at"]["N"])
+    assert expires_at == int(clock.now) + 2 * runtime.settings.lockout_seconds

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from regauth.audit import AuditEvent, AuditSink, EventType, RequestContext
 from regauth.config import Settings
@@ -300,15 +301,7 @@ class TokenService:
         principal = self._store.get_principal(claimed)
         now = int(self._clock())
         if principal is None:
-            # Hash anyway, so an unknown user name takes as long as a wrong password
-            # and response times do not reveal which user names exist.
-            if is_host(claimed):
-                hash_api_key(credentials.password)
-            else:
-                verify_password(self._dummy_password_hash(), credentials.password)
-            raise InvalidCredentialsError(
-                "invalid username or password", reason="unknown_principal", principal=claimed
-            )
+            self._reject_unknown(claimed, credentials.password, now)
 
         # Hosts are not locked out: their API keys carry 256 random bits, so a lockout
         # protects nothing and would let anyone who knows a host name stop its CI.
@@ -334,6 +327,30 @@ class TokenService:
                 "invalid username or password", reason=failure, principal=claimed
             )
         return principal
+
+    def _reject_unknown(self, claimed: str, password: str, now: int) -> NoReturn:
+        """Reject a name that is no principal, at the cost and with the lockout of a real one.
+
+        The secret is hashed anyway, so an unknown user name takes as long as a wrong
+        password. Unknown user names are also counted like real ones, so that only
+        real ones reaching 429 cannot reveal which names exist.
+        """
+        if is_host(claimed):
+            hash_api_key(password)
+        else:
+            attempts, window_start = self._store.reserve_unknown_name_attempt(
+                claimed, now, self._settings.lockout_seconds
+            )
+            if attempts > self._settings.max_failed_logins:
+                raise TooManyRequestsError(
+                    "too many failed logins, try again later",
+                    retry_after=max(window_start + self._settings.lockout_seconds - now, 1),
+                    principal=claimed,
+                )
+            verify_password(self._dummy_password_hash(), password)
+        raise InvalidCredentialsError(
+            "invalid username or password", reason="unknown_principal", principal=claimed
+        )
 
     def _check_password(self, principal: Principal, password: str, now: int) -> str | None:
         """Check a user's password; return the audit reason of a failure.

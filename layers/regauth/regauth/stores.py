@@ -22,6 +22,8 @@ Everything lives in one table with a string partition key `pk`:
 - `refresh#<sha256 hex>`: a `RefreshTokenRecord`; `expires_at` is the table's TTL
   attribute, and reads check it too because TTL deletion can lag by days.
 - `root-certificate#<key id>`: the PEM of the root certificate KMS signed.
+- `attempts#<sha256 hex of a user name>`: failed-login counter of a name that is no
+  principal, expiring through the TTL attribute `expires_at`.
 
 A token request reads `policy#current` and both items of its principal, plus the
 refresh token when it presents one, in one `BatchGetItem`. That one round trip returns
@@ -30,6 +32,7 @@ either the old or the new version of a policy being applied, never a mix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -54,6 +57,7 @@ PRINCIPAL_PREFIX = "principal#"
 GRANTS_PREFIX = "grants#"
 REFRESH_PREFIX = "refresh#"
 ROOT_CERTIFICATE_PREFIX = "root-certificate#"
+UNKNOWN_ATTEMPTS_PREFIX = "attempts#"
 POLICY_CURRENT_KEY = "policy#current"
 POLICY_VERSION_PREFIX = "policy#version#"
 
@@ -81,6 +85,8 @@ class IdentityStore(Protocol):
     def record_failed_login(self, name: str, now: int, window: int) -> None: ...
 
     def reserve_login_attempt(self, name: str, now: int, window: int) -> tuple[int, int]: ...
+
+    def reserve_unknown_name_attempt(self, name: str, now: int, window: int) -> tuple[int, int]: ...
 
     def reset_failed_logins(self, name: str) -> None: ...
 
@@ -349,23 +355,48 @@ class DynamoStore:
         cannot all read the same old count and pass the limit together. A success
         resets it. A new window starts when the old one has passed, and that write is
         conditional too, so two requests cannot both restart it and lose a count.
-        The `attribute_exists(pk)` condition makes this a no-op for names that are
-        not principals, so guessing user names cannot fill the table. It then returns
-        `(0, 0)`.
+        For a name that is not a principal this returns `(0, 0)` and writes nothing.
         """
-        key = {"pk": {"S": PRINCIPAL_PREFIX + name}}
-        start = {"N": str(now - window)}
+        return self._reserve_attempt(PRINCIPAL_PREFIX + name, now, window, expires_at=None)
+
+    def reserve_unknown_name_attempt(self, name: str, now: int, window: int) -> tuple[int, int]:
+        """Count a login attempt for a name that is no principal, like `reserve_login_attempt`.
+
+        Without it, unknown names would never reach the lockout and so could be told
+        apart from real ones. The counter item is keyed by a digest of the name and
+        expires with its window through the table's TTL, so guessed names do not
+        accumulate.
+        """
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        return self._reserve_attempt(
+            UNKNOWN_ATTEMPTS_PREFIX + digest, now, window, expires_at=now + 2 * window
+        )
+
+    def _reserve_attempt(
+        self, key_value: str, now: int, window: int, *, expires_at: int | None
+    ) -> tuple[int, int]:
+        # A principal's counter may only be updated on an existing item; an unknown
+        # name's counter item is created on demand and carries a TTL.
+        must_exist = expires_at is None
+        exists = "attribute_exists(pk) AND " if must_exist else ""
+        expiry = "" if must_exist else ", expires_at = :expires"
+        values: dict[str, Any] = {":one": {"N": "1"}, ":start": {"N": str(now - window)}}
+        if not must_exist:
+            values[":expires"] = {"N": str(expires_at)}
+        key = {"pk": {"S": key_value}}
         try:
             for _attempt in range(3):
                 try:
                     response = self._client.update_item(
                         TableName=self._table,
                         Key=key,
-                        UpdateExpression="ADD failed_logins :one",
-                        ConditionExpression=(
-                            "attribute_exists(pk) AND failed_window_start > :start"
+                        UpdateExpression=(
+                            "ADD failed_logins :one"
+                            if must_exist
+                            else "SET expires_at = :expires ADD failed_logins :one"
                         ),
-                        ExpressionAttributeValues={":one": {"N": "1"}, ":start": start},
+                        ConditionExpression=f"{exists}failed_window_start > :start",
+                        ExpressionAttributeValues=values,
                         ReturnValues="ALL_NEW",
                     )
                     return _attempt_count(response["Attributes"])
@@ -376,16 +407,14 @@ class DynamoStore:
                     response = self._client.update_item(
                         TableName=self._table,
                         Key=key,
-                        UpdateExpression="SET failed_logins = :one, failed_window_start = :now",
+                        UpdateExpression=(
+                            f"SET failed_logins = :one, failed_window_start = :now{expiry}"
+                        ),
                         ConditionExpression=(
-                            "attribute_exists(pk) AND (attribute_not_exists(failed_window_start)"
+                            f"{exists}(attribute_not_exists(failed_window_start)"
                             " OR failed_window_start <= :start)"
                         ),
-                        ExpressionAttributeValues={
-                            ":one": {"N": "1"},
-                            ":now": {"N": str(now)},
-                            ":start": start,
-                        },
+                        ExpressionAttributeValues={**values, ":now": {"N": str(now)}},
                         ReturnValues="ALL_NEW",
                     )
                     return _attempt_count(response["Attributes"])
@@ -394,7 +423,7 @@ class DynamoStore:
                         raise
                 # Either the principal does not exist, or another request started a
                 # new window between the two writes. A read distinguishes the two.
-                if self._get(PRINCIPAL_PREFIX + name, consistent=True) is None:
+                if must_exist and self._get(key_value, consistent=True) is None:
                     return 0, 0
         except ClientError as exc:
             raise self._unavailable("UpdateItem", exc) from exc
