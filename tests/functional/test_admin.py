@@ -375,6 +375,10 @@ def test_host_not_locked_out_by_wrong_keys(admin: AdminService, runtime: Runtime
     for attempt in range(runtime.settings.max_failed_logins + 2):
         guess = f"rgk1_wrong-{attempt}"
         assert token_access(runtime, "host/ci", guess, "repository:prod/a:pull") == 401
+    # Failures are still counted, for alarms.
+    host = runtime.store.get_principal("host:ci")
+    assert host is not None
+    assert host.failed_logins == runtime.settings.max_failed_logins + 2
     # The right key still works: a lockout would let anyone stop a host's CI.
     granted = token_access(runtime, "host/ci", created["api_key"], "repository:prod/a:pull")
     assert granted == ["pull"]

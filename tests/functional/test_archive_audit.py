@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import json
 import threading
@@ -135,6 +136,17 @@ def test_archiver_chains_digests(archiver: AuditArchiver, reader: ArchiveReader)
     body, metadata = reader.read_body(links[1].key)
     assert metadata["chain-digest"] == chain_digest(links[0].digest, body)
     assert archiver.chain_head() == links[2]
+
+
+def test_verify_head_digest_mismatch(archiver: AuditArchiver, reader: ArchiveReader) -> None:
+    archive_batches(archiver, 3)
+    head = archiver.chain_head()
+    assert head is not None
+    report = reader.verify(head=dataclasses.replace(head, digest="0" * 64))
+
+    assert not report.ok
+    assert report.broken is not None
+    assert report.broken.problem == "digest differs from the chain head"
 
 
 def test_verify_intact_chain(archiver: AuditArchiver, reader: ArchiveReader) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -159,6 +160,27 @@ def test_iam_proof_rejected(runtime: Runtime, password: str) -> None:
     assert handle_token(token_event(password), runtime)["statusCode"] == 401
 
 
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [
+        (tamper(make_proof(), drop_headers=(SERVER_ID_HEADER,)), "missing_server_id_header"),
+        (
+            tamper(
+                make_proof(server_id="other.example"), set_headers={SERVER_ID_HEADER: SERVER_ID}
+            ),
+            "sts_status_403",
+        ),
+        (make_proof(server_id="other.example"), "wrong_server_id"),
+    ],
+    ids=["server-id-removed", "server-id-rewritten", "other-server"],
+)
+def test_iam_proof_rejection_reason(runtime: Runtime, password: str, reason: str) -> None:
+    handle_token(token_event(password), runtime)
+    audit = runtime.audit
+    assert isinstance(audit, MemoryAuditSink)
+    assert audit.events[-1].reason == reason
+
+
 def test_iam_proof_unmapped_role(runtime: Runtime, sts: FakeSts) -> None:
     sts.add(role_credentials(), f"arn:aws:sts::{ACCOUNT}:assumed-role/deploy/s1")
     assert handle_token(token_event(make_proof()), runtime)["statusCode"] == 401
@@ -261,3 +283,35 @@ def test_admin_explains_role(runtime: Runtime) -> None:
     )
     (decision,) = result["decisions"]
     assert decision["granted"] is False
+
+
+def test_iam_disabled_role_rejected(runtime: Runtime) -> None:
+    assert admin_result(runtime, action="disable", principal="role:ci")["disabled"] is True
+    response = handle_token(token_event(make_proof()), runtime)
+    assert response["statusCode"] == 401
+    audit = runtime.audit
+    assert isinstance(audit, MemoryAuditSink)
+    assert audit.events[-1].reason == "principal_disabled"
+
+
+def test_iam_arn_checked_against_principal(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The role map sends the caller to `role:ci`, but the stored principal of the same
+    # version lists other ARNs. The principal's own patterns decide.
+    store = runtime.store
+    original = store.get_principal_with_version
+
+    def mismatched(name: str) -> Any:
+        principal, version = original(name)
+        if principal is not None:
+            other = ("arn:aws:iam::000000000000:role/other",)
+            principal = dataclasses.replace(principal, arn_patterns=other)
+        return principal, version
+
+    monkeypatch.setattr(store, "get_principal_with_version", mismatched)
+    response = handle_token(token_event(make_proof()), runtime)
+    assert response["statusCode"] == 401
+    audit = runtime.audit
+    assert isinstance(audit, MemoryAuditSink)
+    assert audit.events[-1].reason == "unknown_principal"

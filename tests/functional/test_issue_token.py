@@ -239,7 +239,9 @@ def test_password_with_colons(runtime: Runtime, users: Users) -> None:
 def test_account_mismatch_rejected(runtime: Runtime, users: Users) -> None:
     response = issue_get(runtime, [], basic("alice", users.alice), account="bob")
     assert response["statusCode"] == 400
-    assert "account" in body_of(response)["errors"][0]["message"]
+    assert body_of(response)["errors"][0]["message"] == (
+        "account does not match the authenticated user name"
+    )
 
 
 def test_unknown_service_rejected(runtime: Runtime, users: Users, audit: MemoryAuditSink) -> None:
@@ -276,7 +278,9 @@ def test_offline_token_issues_refresh_token(runtime: Runtime, users: Users) -> N
 def test_offline_token_needs_client_id(runtime: Runtime, users: Users) -> None:
     response = issue_get(runtime, [], basic("alice", users.alice), offline_token="true")
     assert response["statusCode"] == 400
-    assert "client_id" in body_of(response)["errors"][0]["message"]
+    assert body_of(response)["errors"][0]["message"] == (
+        "client_id is required when requesting a refresh token"
+    )
 
 
 def test_anonymous_offline_token_has_no_refresh(runtime: Runtime) -> None:
@@ -364,10 +368,16 @@ def test_refresh_token_of_another_principal(runtime: Runtime, users: Users) -> N
     assert refresh(runtime, forged)["statusCode"] == 401
 
 
-def test_refresh_expired(runtime: Runtime, users: Users, clock: FakeClock) -> None:
+def test_refresh_expired(
+    runtime: Runtime, users: Users, clock: FakeClock, audit: MemoryAuditSink
+) -> None:
     token = login(runtime, users)
-    clock.advance(runtime.settings.refresh_ttl + 1)
+    clock.advance(runtime.settings.refresh_ttl - 1)
+    assert refresh(runtime, token)["statusCode"] == 200
+    # `expires_at` is the first second at which the token is no longer accepted.
+    clock.advance(1)
     assert refresh(runtime, token)["statusCode"] == 401
+    assert audit.events[-1].reason == "expired_refresh_token"
 
 
 def test_refresh_disabled_identity(
@@ -430,6 +440,8 @@ def test_post_password_grant_wrong_password(runtime: Runtime, users: Users) -> N
     assert response["statusCode"] == 401
     assert body_of(response)["error"] == "invalid_grant"
     assert response["headers"]["Cache-Control"] == "no-store"
+    # RFC 7235 section 3.1: every 401 carries a challenge, POST included.
+    assert response["headers"]["WWW-Authenticate"] == 'Basic realm="regauth", charset="UTF-8"'
 
 
 def test_post_unsupported_grant_type(runtime: Runtime) -> None:

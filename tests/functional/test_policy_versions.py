@@ -130,6 +130,19 @@ def test_rollback_pruned_version_rejected(store: DynamoStore) -> None:
     assert [entry.retained for entry in policies.history()] == [True, True, False]
 
 
+def test_apply_after_rollback_keeps_active_version(store: DynamoStore) -> None:
+    policies = PolicyStore(store._client, TABLE, retained=2)
+    apply(policies, policy("v1/**"))
+    apply(policies, policy("v2/**"))
+    policies.rollback(1)
+    apply(policies, policy("v3/**"))
+    # Version 1 was active when version 3 was applied, so undoing that apply must work.
+    policies.rollback(1)
+    principal = store.get_principal("user:user0")
+    assert principal is not None
+    assert [grant.pattern for grant in principal.grants] == ["v1/**"]
+
+
 def test_pruned_entries_removed_next_apply(store: DynamoStore) -> None:
     policies = PolicyStore(store._client, TABLE, retained=2)
     for index in range(4):

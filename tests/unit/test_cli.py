@@ -44,7 +44,7 @@ def test_hash_password_empty_rejected() -> None:
 def test_validate_policy_example() -> None:
     result = run_cli("validate-policy", "examples/policy.yaml")
     assert result.returncode == 0, result.stderr
-    assert "valid" in result.stdout
+    assert result.stdout.startswith("examples/policy.yaml: valid, version ")
 
 
 def test_validate_policy_reports_line(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -332,6 +333,18 @@ def test_verify_wrong_service_scope(verifier: IamVerifier, sts: FakeSts) -> None
 
 
 # Attacks on time
+
+
+def test_verify_proof_expires_at_max_age(verifier: IamVerifier, clock: Clock, sts: FakeSts) -> None:
+    password = make_proof()
+    amz_date = decode_proof(password).header("x-amz-date") or ""
+    signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    # Valid for 300 seconds after signing: the second at which it turns 300 is too late.
+    clock.now = signed_at + 300
+    assert reason_of(verifier, password) == "iam_proof_expired"
+    clock.now = signed_at + 299.5
+    verifier.verify(password)
+    assert len(sts.calls) == 1
 
 
 def test_verify_expired_proof(verifier: IamVerifier, clock: Clock, sts: FakeSts) -> None:

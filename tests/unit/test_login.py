@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 
 import boto3
 import pytest
@@ -92,10 +91,8 @@ def test_helper_get() -> None:
     assert output["Username"] == "aws-iam"
     assert output["ServerURL"] == "registry.example.com"
     check, sts = verifier("registry.example.com")
-    started = time.time()
     assert check.verify(output["Secret"]).arn == USER_ARN
     assert len(sts.calls) == 1
-    assert time.time() - started < 5
 
 
 @pytest.mark.parametrize("action", ["store", "erase"])

@@ -377,3 +377,28 @@ def test_api_keys_random() -> None:
     keys = {new_api_key() for _ in range(100)}
     assert len(keys) == 100
     assert all(key.startswith("rgk1_") and len(key) == 48 for key in keys)
+
+
+def test_deny_to_anonymous_spares_users() -> None:
+    text = """\
+users:
+  - name: alice
+grants:
+  - to: anonymous
+    repositories: ["team/**"]
+    actions: [pull]
+  - to: user:alice
+    repositories: ["team/**"]
+    actions: [pull]
+denies:
+  - to: anonymous
+    repositories: ["team/secret"]
+    actions: [pull]
+"""
+    # A deny to anonymous reaches unauthenticated requests only, even though grants
+    # to anonymous reach every principal.
+    anonymous = principal(text, "anonymous")
+    alice = principal(text, "user:alice")
+    assert granted(anonymous, "repository:team/secret:pull") == ()
+    assert granted(alice, "repository:team/secret:pull") == ("pull",)
+    assert granted(anonymous, "repository:team/open:pull") == ("pull",)
