@@ -23,6 +23,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 def handle(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     """Read the caller ARN and the scopes, issue a token, and render the response."""
     realm = runtime.settings.realm
+    runtime.logger.append_keys(request_id=request_context(event).request_id)
     identity = (event.get("requestContext") or {}).get("identity") or {}
     caller_arn = identity.get("userArn")
     try:

@@ -25,6 +25,9 @@ def handle(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     """Parse the event, issue a token, and render the response."""
     method = method_of(event)
     realm = runtime.settings.realm
+    # Every operational log line of this invocation carries the API Gateway request
+    # id, which the audit record carries too, so one request can be followed.
+    runtime.logger.append_keys(request_id=request_context(event).request_id)
     try:
         request = parse_token_request(event)
     except RegauthError as exc:

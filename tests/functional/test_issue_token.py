@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import json
+import logging
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
 import jwt
 import pytest
+from aws_lambda_powertools import Logger
 
 from functions.get_certificates import app as certificates_app
 from functions.issue_token import app
@@ -685,3 +689,26 @@ def test_unknown_name_counter_expires(runtime: Runtime, clock: FakeClock) -> Non
     assert "ghost" not in json.dumps(items)
     expires_at = int(items[0]["expires_at"]["N"])
     assert expires_at == int(clock.now) + 2 * runtime.settings.lockout_seconds
+
+
+def test_operational_log_carries_request_id(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffer = io.StringIO()
+    logger = Logger(
+        service="regauth-test",
+        logger_name="regauth-test",
+        logger_handler=logging.StreamHandler(buffer),
+    )
+    traced = dataclasses.replace(runtime, logger=logger)
+
+    def explode(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runtime.service, "issue", explode)
+    event = get_event({"service": [SERVICE]})
+    event["requestContext"]["requestId"] = "req-trace-42"
+    app.handle(event, traced)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line]
+    failure = next(line for line in lines if line.get("message") == "token request failed")
+    assert failure["request_id"] == "req-trace-42"
