@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple, Protocol
@@ -303,10 +303,10 @@ class _PolicyReader:
 
         if "version" in fields:
             self.read_version(fields["version"])
-        users = self.read_users(fields.get("users"))
-        hosts = self.read_hosts(fields.get("hosts"))
-        roles = self.read_roles(fields.get("roles"))
-        groups = self.read_groups(fields.get("groups"))
+        users = self.read_entries(fields.get("users"), "users", self.read_user)
+        hosts = self.read_entries(fields.get("hosts"), "hosts", self.read_host)
+        roles = self.read_entries(fields.get("roles"), "roles", self.read_role)
+        groups = self.read_entries(fields.get("groups"), "groups", self.read_group)
         grants = self.read_rules(fields.get("grants"), "grants", "allow")
         denies = self.read_rules(fields.get("denies"), "denies", "deny")
 
@@ -393,17 +393,20 @@ class _PolicyReader:
 
     # Sections.
 
+    def read_entries[Entry](
+        self, node: Node | None, key: str, read_entry: Callable[[Node, str], Entry | None]
+    ) -> tuple[Entry, ...]:
+        """Read a top-level list, keeping the entries that were valid."""
+        entries = []
+        for index, item in enumerate(self.sequence(node, key)):
+            entry = read_entry(item, f"{key}[{index}]")
+            if entry is not None:
+                entries.append(entry)
+        return tuple(entries)
+
     def read_version(self, node: Node) -> None:
         if not (isinstance(node, ScalarNode) and node.tag == _INT and node.value == "1"):
             self.report(node, f"version must be {FORMAT_VERSION}, the only policy format version")
-
-    def read_users(self, node: Node | None) -> tuple[PolicyUser, ...]:
-        users = []
-        for index, item in enumerate(self.sequence(node, "users")):
-            user = self.read_user(item, f"users[{index}]")
-            if user is not None:
-                users.append(user)
-        return tuple(users)
 
     def read_user(self, node: Node, path: str) -> PolicyUser | None:
         fields = self.mapping(node, path, _USER_KEYS, required=("name",))
@@ -473,14 +476,6 @@ class _PolicyReader:
         )
         return None
 
-    def read_hosts(self, node: Node | None) -> tuple[PolicyHost, ...]:
-        hosts = []
-        for index, item in enumerate(self.sequence(node, "hosts")):
-            host = self.read_host(item, f"hosts[{index}]")
-            if host is not None:
-                hosts.append(host)
-        return tuple(hosts)
-
     def read_host(self, node: Node, path: str) -> PolicyHost | None:
         fields = self.mapping(node, path, _HOST_KEYS, required=("name",))
         if fields is None or "name" not in fields:
@@ -504,14 +499,6 @@ class _PolicyReader:
             node, path, "host", name, syntax=HOST_NAME, separators="'.', '_' or '-'"
         )
         return self.check_distinct_kinds(node, path, "host", name)
-
-    def read_roles(self, node: Node | None) -> tuple[PolicyRole, ...]:
-        roles = []
-        for index, item in enumerate(self.sequence(node, "roles")):
-            role = self.read_role(item, f"roles[{index}]")
-            if role is not None:
-                roles.append(role)
-        return tuple(roles)
 
     def read_role(self, node: Node, path: str) -> PolicyRole | None:
         fields = self.mapping(node, path, _ROLE_KEYS, required=("name", "arns"))
@@ -558,14 +545,6 @@ class _PolicyReader:
         if not valid:
             return None
         return tuple(dict.fromkeys(item.value for item in items))
-
-    def read_groups(self, node: Node | None) -> tuple[PolicyGroup, ...]:
-        groups = []
-        for index, item in enumerate(self.sequence(node, "groups")):
-            group = self.read_group(item, f"groups[{index}]")
-            if group is not None:
-                groups.append(group)
-        return tuple(groups)
 
     def read_group(self, node: Node, path: str) -> PolicyGroup | None:
         fields = self.mapping(node, path, _GROUP_KEYS, required=("name",))
