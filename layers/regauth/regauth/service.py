@@ -260,8 +260,8 @@ class TokenService:
             principal = self._principal_for_arn(principal_arn(iam_caller_arn))
             return principal, "aws_iam", iam_caller_arn
         if request.grant_type == "refresh_token":
-            principal = self._authenticate_refresh(request)
-            self._emit_refresh_used(principal, request, context)
+            principal, token_hash = self._authenticate_refresh(request)
+            self._emit_refresh_used(principal, token_hash, request, context)
             return principal, "refresh_token", None
         if request.credentials is None:
             return self._anonymous(), "anonymous", None
@@ -466,12 +466,12 @@ class TokenService:
             self._dummy_hash = hash_password(secrets.token_urlsafe(16))
         return self._dummy_hash
 
-    def _authenticate_refresh(self, request: TokenRequest) -> Principal:
+    def _authenticate_refresh(self, request: TokenRequest) -> tuple[Principal, str]:
+        """Return the principal of a valid refresh token, and the token's stored digest."""
         token = request.refresh_token or ""
         name = principal_of_refresh_token(token)
-        principal, record = self._store.get_principal_and_refresh_token(
-            name, hash_refresh_token(token)
-        )
+        token_hash = hash_refresh_token(token)
+        principal, record = self._store.get_principal_and_refresh_token(name, token_hash)
         now = int(self._clock())
 
         def reject(reason: str) -> InvalidRefreshTokenError:
@@ -493,7 +493,7 @@ class TokenService:
             raise reject("refresh_token_revoked")
         if not hmac.compare_digest(record.credential, credential_fingerprint(principal)):
             raise reject("refresh_token_credential_changed")
-        return principal
+        return principal, token_hash
 
     def _new_refresh_token(
         self, principal: Principal, request: TokenRequest, issued_at: int, context: RequestContext
@@ -528,7 +528,7 @@ class TokenService:
         return token
 
     def _emit_refresh_used(
-        self, principal: Principal, request: TokenRequest, context: RequestContext
+        self, principal: Principal, token_hash: str, request: TokenRequest, context: RequestContext
     ) -> None:
         self._audit.emit(
             AuditEvent(
@@ -538,7 +538,7 @@ class TokenService:
                 principal=principal.name,
                 auth_method="refresh_token",
                 details={
-                    "refresh_token_id": hash_refresh_token(request.refresh_token or "")[:12],
+                    "refresh_token_id": token_hash[:12],
                     "client_id": request.client_id,
                 },
             )
