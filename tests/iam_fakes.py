@@ -1,7 +1,7 @@
 """A fake STS that checks SigV4 signatures, and helpers that build and tamper with proofs.
 
 moto's STS does not check signatures, so unit tests use `FakeSts`: it recomputes the
-signature with botocore from the secret key it was given and answers like STS.
+signature with botocore from the secret key it was given and replies as STS does.
 """
 
 from __future__ import annotations

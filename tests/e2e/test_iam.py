@@ -1,7 +1,7 @@
 """IAM sign-in end to end: a role in the embedded moto, `regauth login-password`, skopeo.
 
-`regauth serve` sends proofs to its embedded moto server, which answers
-GetCallerIdentity for the roles created in it. moto does not check signatures, so
+`regauth serve` sends proofs to its embedded moto server, which returns the
+GetCallerIdentity caller for the roles created in it. moto does not check signatures, so
 these tests show the wiring and regauth's own checks; the signature checks are
 tested against a verifying fake STS in the functional tests.
 """

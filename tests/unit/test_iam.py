@@ -278,10 +278,10 @@ def test_verify_invalid_header_value(
 def test_transport_value_error_is_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
     transport = Urllib3StsTransport()
 
-    def refuse(*args: object, **kwargs: object) -> None:
+    def reject_header(*args: object, **kwargs: object) -> None:
         raise ValueError("Invalid header value")
 
-    monkeypatch.setattr(transport._pool, "request", refuse)
+    monkeypatch.setattr(transport._pool, "request", reject_header)
     with pytest.raises(InvalidIamProofError) as caught:
         transport.post("https://sts.us-east-1.amazonaws.com/", {"a": "b"}, b"")
     assert caught.value.reason == "sts_unreachable"

@@ -50,7 +50,7 @@ grants:
     actions: [push]
 denies:
   - id: only-release-pushes-prod
-    description: Nobody but the release group pushes to prod.
+    description: Only the release group pushes to prod.
     to: everyone
     except: [group:release]
     repositories: ["prod/**"]

@@ -19,7 +19,7 @@ chain only while the archive is empty, because otherwise deleting the head item
 would hide the deletion of the newest objects.
 
 Concurrent archivers reserve the next link with one DynamoDB transaction that moves
-the head only if nobody moved it since it was read. Duplicate deliveries are
+the head only if no other archiver moved it since it was read. Duplicate deliveries are
 recognized by the batch id, a digest of the delivery's sorted event ids: the
 reservation item is keyed by it, so a second delivery reuses the first reservation
 and appends nothing new to the chain. Objects are written with a conditional
@@ -136,7 +136,7 @@ def decode_subscription_payload(event: Mapping[str, Any]) -> list[dict[str, Any]
 
 
 def record_from_log_message(message: str) -> dict[str, Any] | None:
-    """Extract the audit record from one log line, or return None if it holds none.
+    """Extract the audit record from one log line, or return None if it contains none.
 
     Powertools adds `level`, `location`, `timestamp` and other keys to every line. Only
     the record's own fields are kept, so archived records match the JSON Schema.

@@ -1,7 +1,7 @@
 """Audit events: one typed, versioned record for every decision regauth makes.
 
 Events are written as single JSON lines by an `AuditSink`. In Lambda the sink is a
-Powertools logger of its own, so audit lines can be told apart from operational logs
+Powertools logger of its own, so audit lines can be distinguished from operational logs
 by `"audit": true` and routed by a CloudWatch Logs subscription filter. Events never
 carry a password, an Authorization header, an access token or a refresh token: the
 fields below are the whole record, and none of them holds a credential.

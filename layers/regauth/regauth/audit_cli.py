@@ -37,7 +37,7 @@ class AuditCommandError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ArchiveLocation:
-    """Where one deployment keeps its archive, chain head and dead-letter queue."""
+    """The location of one deployment's archive, chain head and dead-letter queue."""
 
     bucket: str
     table: str

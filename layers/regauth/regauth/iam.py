@@ -400,7 +400,7 @@ class IamIdentity:
 def parse_sts_response(response: StsResponse) -> IamIdentity:
     """Read the caller from a GetCallerIdentity response, or raise `InvalidIamProofError`."""
     if response.status != 200:
-        # STS answers 403 for a bad signature or expired token; 3xx is never followed.
+        # STS returns 403 for a bad signature or expired token; 3xx is never followed.
         raise _reject(f"sts_status_{response.status}")
     if len(response.body) > MAX_STS_RESPONSE_BYTES:
         raise _reject("malformed_sts_response")
@@ -581,7 +581,7 @@ class RoleMap:
         """Return the one principal whose patterns match `arn`.
 
         No match, or matches in more than one role, raises: an ARN never gets the
-        union of several roles, because no grant in the policy would say so.
+        union of several roles, because no grant in the policy states that.
         """
         matches = [name for name, patterns in self.roles if _any_matches(patterns, arn)]
         if not matches:

@@ -47,7 +47,7 @@ from regauth.template import (
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
-# Requests larger than this are rejected before a handler sees them. API Gateway's
+# Requests larger than this are rejected before a handler is invoked. API Gateway's
 # own payload limit is 10 MB, but token requests are a few hundred bytes.
 MAX_REQUEST_BYTES = 64 * 1024
 LOCAL_REGION = "us-east-1"
@@ -441,7 +441,7 @@ def _write_root_bundle(gateway: LocalGateway, state_dir: Path) -> Path:
 
 
 class ServeError(Exception):
-    """The local server cannot start; the message says why and what to do."""
+    """The local server cannot start. The message gives the cause and what to do."""
 
 
 class _NotReadyHandler(BaseHTTPRequestHandler):

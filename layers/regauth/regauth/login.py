@@ -3,7 +3,7 @@
 Both sign a GetCallerIdentity request with the standard AWS credential chain of
 boto3 (environment, profile, SSO, container or instance role) and print it as the
 password of the user `aws-iam`. A password is accepted for five minutes after it is
-made, so the credential helper makes a new one each time Docker asks.
+made, so the credential helper makes a new one for each request from Docker.
 
 The credential helper follows Docker's protocol: the action is the first argument,
 input comes on standard input and output goes to standard output. `store` and

@@ -161,7 +161,7 @@ class CompiledPolicy:
 
 @dataclass(frozen=True, slots=True)
 class RuleEvaluation:
-    """How one rule took part in a decision on one requested action.
+    """The part one rule played in a decision on one requested action.
 
     `applied` is true when the rule's resource, action and conditions all matched the
     request, and `detail` states what matched or which condition failed.
@@ -532,9 +532,9 @@ def _evaluate_conditions(grant: Grant, source_ip: str, now: int) -> RuleEvaluati
     if grant.not_after is not None and now > grant.not_after:
         return result(False, f"not_after {_rfc3339(grant.not_after)} has passed")
     if grant.source_ips and not _address_in(source_ip, grant.source_ips):
-        shown = source_ip or "unknown"
+        address = source_ip or "unknown"
         ranges = ", ".join(grant.source_ips)
-        return result(False, f"source address {shown} is not in {ranges}")
+        return result(False, f"source address {address} is not in {ranges}")
     return result(True, f"{grant.pattern!r} grants {', '.join(sort_actions(grant.actions))}")
 
 

@@ -12,7 +12,7 @@ Applying version N of a policy:
 6. records N in `policy#history`, marking which versions stay retained.
 
 A token request reads `policy#current` and the principal's items together (see
-`regauth.stores`), so it sees the old version until step 5 and the new one after it,
+`regauth.stores`), so it reads the old version until step 5 and the new one after it,
 never a mix. Each apply retains the last `retained` versions (5 by default) and the
 version that was active before it, and rollback flips the pointer back to one of them.
 

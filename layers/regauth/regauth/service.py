@@ -61,8 +61,8 @@ def credential_fingerprint(principal: Principal) -> str:
 def hash_refresh_token(token: str) -> str:
     """Return the SHA-256 hex digest under which a refresh token is stored.
 
-    A refresh token carries 256 random bits, so a fast hash is enough: nobody can
-    guess a preimage, and the table never holds a usable token.
+    A refresh token carries 256 random bits, so a fast hash is enough. A preimage
+    cannot be guessed, and the table never contains a usable token.
     """
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -304,7 +304,7 @@ class TokenService:
             self._reject_unknown(claimed, credentials.password, now)
 
         # Hosts are not locked out: their API keys carry 256 random bits, so a lockout
-        # protects nothing and would let anyone who knows a host name stop its CI.
+        # protects nothing and would let anyone with a host's name stop its CI.
         # Their failures are still counted, for alarms.
         if not is_host(principal.name):
             self._check_lockout(principal, now)
@@ -569,7 +569,7 @@ class TokenService:
 def _arn_matches_principal(principal: Principal, arn: str) -> bool:
     """Return whether the principal, as its policy version defines it, admits `arn`.
 
-    The role map and the principal come from the same version, so this holds unless
+    The role map and the principal come from the same version, so this is true unless
     the stored items disagree. It is checked anyway, because it is what decides.
     """
     return any(arn_pattern_matches(pattern, arn) for pattern in principal.arn_patterns)

@@ -362,8 +362,8 @@ class DynamoStore:
     def reserve_unknown_name_attempt(self, name: str, now: int, window: int) -> tuple[int, int]:
         """Count a login attempt for a name that is no principal, like `reserve_login_attempt`.
 
-        Without it, unknown names would never reach the lockout and so could be told
-        apart from real ones. The counter item is keyed by a digest of the name and
+        Without it, unknown names would never reach the lockout and so could be
+        distinguished from real ones. The counter item is keyed by a digest of the name and
         expires with its window through the table's TTL, so guessed names do not
         accumulate.
         """
